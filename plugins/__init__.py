@@ -1,0 +1,25 @@
+"""reid-plugins: one small API through which projects extend torchreid.
+
+Importing this package fixes known host gaps (:mod:`plugins.host_fixes`),
+registers the embedded ``synthreid`` dataset, and loads every installed
+project (:func:`load_projects`). Extension points, each a
+:class:`~plugins.registry.Registry`:
+
+* models: :func:`register_model` (visible to ``torchreid.models.build_model``)
+* samplers: :func:`register_sampler` (visible to ``ImageDataManager(train_sampler=...)``)
+* engines: :func:`register_engine`; hooks: :func:`register_hook`
+* config nodes: :func:`register_config`
+"""
+from .config import CONFIG_NODES, get_default_config, merge_from_file, register_config
+from .discovery import load_projects
+from .engine import ENGINES, LossTerm, PluginEngine, build_engine, register_engine
+from .evaluation import evaluate_rank
+from .hooks import (HOOKS, AdversarialStepHook, CriticUpdateHook, Hook,
+                    TeacherDistillationHook, register_hook)
+from .host_fixes import install_host_fixes
+from .models import MODELS, available_models, build_model, register_model
+from .registry import Registry
+from .samplers import SAMPLERS, register_sampler, set_sampler_options
+
+install_host_fixes()
+load_projects()

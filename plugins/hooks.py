@@ -1,0 +1,264 @@
+"""Hooks: extra update steps around the engine's main step.
+
+A hook sees each training step at four points (see :class:`Hook`). The three
+general hooks here cover what the projects need:
+
+* :class:`CriticUpdateHook`: a critic fitted by MSE to rewards, whose value the
+  main networks maximise (actor-critic attention, e.g. SCAL);
+* :class:`AdversarialStepHook`: one discriminator step per iteration plus the
+  generator's adversarial term (GANs, e.g. DG-Net);
+* :class:`TeacherDistillationHook`: a frozen teacher loaded from a local
+  torchreid checkpoint, adding a KL or feature distillation term.
+
+Networks a hook trains are registered with the host engine's
+``register_model``, so checkpointing, train/eval switching and LR stepping cover
+them. A frozen teacher is deliberately not registered: it is never saved.
+"""
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint
+from .registry import Registry
+
+HOOKS = Registry('hook')
+
+
+def register_hook(name, cls=None):
+    """Register a hook class under ``name`` (also usable as a decorator)."""
+    if cls is None:
+        return lambda c: register_hook(name, c)
+    return HOOKS.register(name, cls)
+
+
+@contextlib.contextmanager
+def frozen(module):
+    """Run a forward whose graph reaches the inputs but not ``module``'s parameters."""
+    flags = [p.requires_grad for p in module.parameters()]
+    for p in module.parameters():
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+def optimizer_step(optimizer, loss):
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+class Hook:
+    """Base hook; every stage is optional.
+
+    Per training step, in order:
+      1. ``before_step(engine, batch)``
+      2. main forward: ``outputs = engine.model(batch['img'])``
+      3. ``after_forward(engine, batch, outputs)``: extra updates that need the
+         outputs but must run before the main backward (a discriminator step);
+      4. ``loss_terms(engine, batch, outputs) -> {name: tensor}``: terms added to
+         the main loss (already weighted);
+      5. main backward and optimizer step;
+      6. ``after_step(engine, batch, outputs)``.
+    Stages 3 and 6 may return a ``{name: float}`` dict that is logged.
+    """
+
+    name = 'hook'
+
+    def attach(self, engine):
+        """Called once when the engine adds the hook: move networks, register them."""
+
+    def before_step(self, engine, batch):
+        return None
+
+    def after_forward(self, engine, batch, outputs):
+        return None
+
+    def loss_terms(self, engine, batch, outputs):
+        return {}
+
+    def after_step(self, engine, batch, outputs):
+        return None
+
+    def state_dict(self):
+        """State saved with the engine's main checkpoint (schedules, counters)."""
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+@register_hook('critic_update')
+class CriticUpdateHook(Hook):
+    """Fit a critic V to rewards by MSE; the main networks minimise -V with V frozen.
+
+    Args:
+        critic (nn.Module): called as ``critic(*inputs)``, returns per-sample values.
+        optimizer, scheduler: the critic's own (scheduler may be None).
+        inputs_fn: ``(engine, batch, outputs) -> tuple`` of critic inputs, attached to
+            the main graph (their detached copies train the critic).
+        reward_fn: ``(engine, batch, outputs) -> tensor`` of per-sample rewards
+            (treated as constants).
+        value_weight (float): weight of the ``-V`` term in the main loss.
+        update_first (bool): fit the critic before the main backward (True) or after
+            the main step (False).
+    """
+
+    def __init__(self, critic, optimizer, reward_fn, inputs_fn, scheduler=None,
+                 value_weight=1.0, update_first=False, name='critic'):
+        self.critic = critic
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.reward_fn = reward_fn
+        self.inputs_fn = inputs_fn
+        self.value_weight = value_weight
+        self.update_first = update_first
+        self.name = name
+
+    def attach(self, engine):
+        self.critic.to(engine.device)
+        engine.register_model(self.name, self.critic, self.optimizer, self.scheduler)
+
+    def _fit(self, engine, batch, outputs):
+        inputs = tuple(x.detach() for x in self.inputs_fn(engine, batch, outputs))
+        reward = self.reward_fn(engine, batch, outputs).detach().float()
+        mse = F.mse_loss(self.critic(*inputs).view(-1).float(), reward.view(-1))
+        optimizer_step(self.optimizer, mse)
+        return {self.name + '_mse': mse.item()}
+
+    def after_forward(self, engine, batch, outputs):
+        return self._fit(engine, batch, outputs) if self.update_first else None
+
+    def loss_terms(self, engine, batch, outputs):
+        if not self.value_weight:
+            return {}
+        with frozen(self.critic):
+            value = self.critic(*self.inputs_fn(engine, batch, outputs))
+        return {self.name + '_value': -self.value_weight * value.mean()}
+
+    def after_step(self, engine, batch, outputs):
+        return None if self.update_first else self._fit(engine, batch, outputs)
+
+
+@register_hook('adversarial_step')
+class AdversarialStepHook(Hook):
+    """One discriminator step per iteration, then the generator's adversarial term.
+
+    Args:
+        discriminator (nn.Module), optimizer, scheduler: D and its own optimiser.
+        d_loss_fn: ``(discriminator, engine, batch, outputs) -> tensor``; must detach
+            the fakes it reads from ``outputs``.
+        g_loss_fn: ``(discriminator, engine, batch, outputs) -> tensor`` or None; the
+            generator side, computed with D's parameters frozen.
+        g_weight (float): weight of the generator term.
+    """
+
+    def __init__(self, discriminator, optimizer, d_loss_fn, g_loss_fn=None, scheduler=None,
+                 g_weight=1.0, name='discriminator'):
+        self.discriminator = discriminator
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.d_loss_fn = d_loss_fn
+        self.g_loss_fn = g_loss_fn
+        self.g_weight = g_weight
+        self.name = name
+
+    def attach(self, engine):
+        self.discriminator.to(engine.device)
+        engine.register_model(self.name, self.discriminator, self.optimizer, self.scheduler)
+
+    def after_forward(self, engine, batch, outputs):
+        d_loss = self.d_loss_fn(self.discriminator, engine, batch, outputs)
+        optimizer_step(self.optimizer, d_loss)
+        return {self.name + '_loss': d_loss.item()}
+
+    def loss_terms(self, engine, batch, outputs):
+        if self.g_loss_fn is None or not self.g_weight:
+            return {}
+        with frozen(self.discriminator):
+            g_loss = self.g_loss_fn(self.discriminator, engine, batch, outputs)
+        return {self.name + '_adv': self.g_weight * g_loss}
+
+
+def _logits_and_features(outputs):
+    """Split a torchreid training output into (logits, features or None)."""
+    if isinstance(outputs, (tuple, list)):
+        return outputs[0], (outputs[1] if len(outputs) > 1 else None)
+    return outputs, None
+
+
+@register_hook('teacher_distillation')
+class TeacherDistillationHook(Hook):
+    """Distil a frozen teacher into the main model (Hinton et al. 2015 KL, or feature MSE).
+
+    The teacher runs in training mode so that it returns logits, but with every
+    BatchNorm and Dropout in eval mode: its outputs are deterministic and its
+    running statistics never move. It is not registered with the engine, so it
+    is never saved with the student.
+
+    Args:
+        teacher (nn.Module): built with ``loss='triplet'`` so it returns (logits, features).
+        weight (float): weight of the term.
+        temperature (float): KL temperature T; the term is scaled by T^2.
+        mode (str): 'kl' (logits) or 'feature' (MSE between retrieval features).
+        inputs_fn: ``(engine, batch, outputs) -> images`` the teacher sees (default: the batch).
+        student_fn: ``(engine, batch, outputs) -> (logits, features)`` of the student
+            (default: split the main model's training output).
+    """
+
+    MODES = ('kl', 'feature')
+
+    def __init__(self, teacher, weight=1.0, temperature=1.0, mode='kl', inputs_fn=None,
+                 student_fn=None, name='teacher'):
+        if mode not in self.MODES:
+            raise ValueError('Unknown distillation mode {!r}; expected one of {}'.format(
+                mode, self.MODES))
+        self.teacher = teacher
+        self.weight = weight
+        self.temperature = temperature
+        self.mode = mode
+        self.inputs_fn = inputs_fn or (lambda engine, batch, outputs: batch['img'])
+        self.student_fn = student_fn or (lambda engine, batch, outputs: _logits_and_features(outputs))
+        self.name = name
+
+    @classmethod
+    def from_checkpoint(cls, model_name, weights, num_classes, **kwargs):
+        """Build ``model_name`` and load a local torchreid checkpoint into it, strictly."""
+        from .models import build_model
+
+        teacher = build_model(model_name, num_classes, loss='triplet', pretrained=False)
+        state = load_checkpoint(weights)
+        state = state.get('state_dict', state)
+        state = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state.items()}
+        try:
+            teacher.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError('Teacher checkpoint "{}" does not fit model {!r} with {} classes: {}'
+                             .format(weights, model_name, num_classes, err)) from None
+        return cls(teacher, **kwargs)
+
+    def attach(self, engine):
+        self.teacher.to(engine.device).train()
+        for module in self.teacher.modules():
+            if isinstance(module, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.Dropout)):
+                module.eval()
+        self.teacher.requires_grad_(False)
+
+    def loss_terms(self, engine, batch, outputs):
+        with torch.no_grad():
+            t_logits, t_feats = _logits_and_features(self.teacher(self.inputs_fn(engine, batch, outputs)))
+        s_logits, s_feats = self.student_fn(engine, batch, outputs)
+        if self.mode == 'kl':
+            T = self.temperature
+            term = F.kl_div(F.log_softmax(s_logits / T, dim=1), F.softmax(t_logits / T, dim=1),
+                            reduction='batchmean') * T * T
+        else:
+            if s_feats is None or s_feats.shape != t_feats.shape:
+                raise ValueError('Feature distillation needs student features shaped like the '
+                                 "teacher's {}, got {}".format(tuple(t_feats.shape),
+                                                               None if s_feats is None else tuple(s_feats.shape)))
+            term = F.mse_loss(s_feats, t_feats)
+        return {self.name + '_' + self.mode: self.weight * term}

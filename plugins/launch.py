@@ -1,0 +1,85 @@
+"""Building a run from a config, shared by ``tools/train.py`` and the benchmark.
+
+Mirrors upstream torchreid's ``scripts/main.py``: config, data manager, model,
+optimiser, scheduler, engine, resume; every name is looked up through the
+plugin registries, so built-in and plugin models take the same path.
+"""
+import os.path as osp
+
+import torch
+from torchreid.reid import data as host_data
+from torchreid.reid import optim as host_optim
+from torchreid.reid.utils import compute_model_complexity, load_pretrained_weights
+
+from . import config as C
+from .datasets import synthreid
+from .engine import build_engine
+from .models import build_model
+from .samplers import set_sampler_options
+
+
+def setup_config(config_file='', opts=(), root='', sources=None, targets=None, transforms=None):
+    """Defaults, then the YAML file (with ``_BASE_``), then CLI flags, then ``opts`` pairs."""
+    cfg = C.get_default_config()
+    cfg.use_gpu = torch.cuda.is_available()
+    if config_file:
+        C.merge_from_file(cfg, config_file)
+    if root:
+        cfg.data.root = root
+    if sources:
+        cfg.data.sources = list(sources)
+    if targets:
+        cfg.data.targets = list(targets)
+    if transforms:
+        cfg.data.transforms = list(transforms)
+    C.merge_from_list(cfg, list(opts or []))
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg):
+    if cfg.loss.name == 'triplet' and cfg.loss.triplet.weight_x == 0 and cfg.train.fixbase_epoch:
+        raise ValueError('train.fixbase_epoch needs loss.triplet.weight_x > 0: with weight_x 0 the '
+                         'classifier is not in the computational graph')
+
+
+def build_datamanager(cfg):
+    """torchreid's data manager, after passing config-only options to samplers and datasets."""
+    for name, options in C.sampler_options(cfg).items():
+        set_sampler_options(name, **options)
+    synthreid.configure(**C.synthreid_spec(cfg))
+    if cfg.data.type == 'image':
+        return host_data.ImageDataManager(**C.imagedata_kwargs(cfg))
+    return host_data.VideoDataManager(**C.videodata_kwargs(cfg))
+
+
+def build_model_from_config(cfg, num_classes):
+    model = build_model(cfg.model.name, num_classes, loss=cfg.loss.name,
+                        pretrained=cfg.model.pretrained, use_gpu=cfg.use_gpu,
+                        pretrained_path=cfg.model.pretrained_path,
+                        height=cfg.data.height, width=cfg.data.width)
+    if cfg.model.load_weights:
+        if not osp.isfile(cfg.model.load_weights):
+            raise FileNotFoundError('model.load_weights: file not found: "{}"'.format(
+                cfg.model.load_weights))
+        load_pretrained_weights(model, cfg.model.load_weights)
+    return model
+
+
+def build_run(cfg, verbose=True):
+    """Data manager, model, optimiser, scheduler and engine (resumed if asked); returns the engine."""
+    datamanager = build_datamanager(cfg)
+    if verbose:
+        print('Building model: {}'.format(cfg.model.name))
+    model = build_model_from_config(cfg, datamanager.num_train_pids)
+    if verbose:
+        num_params, flops = compute_model_complexity(model, (1, 3, cfg.data.height, cfg.data.width))
+        print('Model complexity: params={:,} flops={:,}'.format(num_params, flops))
+    if cfg.use_gpu:
+        model = model.cuda()
+    optimizer = host_optim.build_optimizer(model, **C.optimizer_kwargs(cfg))
+    scheduler = host_optim.build_lr_scheduler(optimizer, **C.lr_scheduler_kwargs(cfg))
+    engine = build_engine(cfg, datamanager, model, optimizer, scheduler)
+    if cfg.model.resume:
+        cfg.train.start_epoch = engine.resume(cfg.model.resume)
+    return engine

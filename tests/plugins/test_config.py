@@ -1,0 +1,142 @@
+import textwrap
+
+import pytest
+
+from plugins.config import (CONFIG_NODES, get_default_config, merge_from_file, merge_from_list,
+                            register_config)
+
+# Keys and defaults of upstream torchreid scripts/default_config.py (spot checks of every node).
+UPSTREAM_DEFAULTS = {
+    'model.name': 'resnet50', 'model.pretrained': True, 'data.root': 'reid-data',
+    'data.sources': ['market1501'], 'data.height': 256, 'data.width': 128, 'data.k_tfm': 1,
+    'data.transforms': ['random_flip'], 'market1501.use_500k_distractors': False,
+    'cuhk03.use_metric_cuhk03': False, 'sampler.train_sampler': 'RandomSampler',
+    'sampler.train_sampler_t': 'RandomSampler', 'sampler.num_instances': 4, 'sampler.num_cams': 1,
+    'sampler.num_datasets': 1, 'video.seq_len': 15, 'train.optim': 'adam', 'train.lr': 0.0003,
+    'train.max_epoch': 60, 'train.stepsize': [20], 'train.seed': 1, 'sgd.momentum': 0.9,
+    'rmsprop.alpha': 0.99, 'adam.beta2': 0.999, 'loss.name': 'softmax',
+    'loss.softmax.label_smooth': True, 'loss.triplet.margin': 0.3, 'loss.triplet.weight_x': 0.,
+    'test.batch_size': 100, 'test.ranks': [1, 5, 10, 20], 'test.eval_freq': -1,
+    'test.visrank_topk': 10,
+}
+
+
+def lookup(cfg, dotted):
+    for part in dotted.split('.'):
+        cfg = cfg[part]
+    return cfg
+
+
+def test_defaults_are_a_superset_of_upstream():
+    cfg = get_default_config()
+    for key, value in UPSTREAM_DEFAULTS.items():
+        assert lookup(cfg, key) == value, key
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def test_upstream_style_yaml_loads_unchanged(tmp_path):
+    # the shape of upstream configs/im_osnet_x1_0_softmax_256x128_amsgrad_cosine.yaml
+    path = write(tmp_path, 'upstream.yaml', """
+        model:
+          name: 'osnet_x1_0'
+          pretrained: True
+        data:
+          type: 'image'
+          sources: ['market1501']
+          targets: ['market1501']
+          height: 256
+          width: 128
+          combineall: False
+          transforms: ['random_flip']
+          save_dir: 'log/osnet_x1_0_market1501_softmax_cosinelr'
+        loss:
+          name: 'softmax'
+          softmax:
+            label_smooth: True
+        train:
+          optim: 'amsgrad'
+          lr: 0.0015
+          max_epoch: 50
+          batch_size: 32
+          fixbase_epoch: 10
+          open_layers: ['classifier']
+          lr_scheduler: 'cosine'
+        test:
+          batch_size: 100
+          dist_metric: 'euclidean'
+          normalize_feature: False
+          evaluate: False
+          eval_freq: 5
+          rerank: False
+        """)
+    cfg = merge_from_file(get_default_config(), path)
+    assert cfg.model.name == 'osnet_x1_0' and cfg.train.lr == 0.0015 and cfg.test.eval_freq == 5
+
+
+def test_base_inheritance_chain_and_override(tmp_path):
+    (tmp_path / 'sub').mkdir()
+    write(tmp_path, 'base.yaml', """
+        train: {lr: 0.1, max_epoch: 7}
+        data: {height: 64}
+        """)
+    write(tmp_path, 'sub/mid.yaml', """
+        _BASE_: ../base.yaml
+        train: {lr: 0.01}
+        """)
+    leaf = write(tmp_path, 'sub/leaf.yaml', """
+        _BASE_: [mid.yaml]
+        train: {weight_decay: 1e-3}
+        """)
+    cfg = merge_from_file(get_default_config(), leaf)
+    assert (cfg.train.lr, cfg.train.max_epoch, cfg.data.height) == (0.01, 7, 64)
+    assert cfg.train.weight_decay == pytest.approx(1e-3)  # YAML string '1e-3' decoded
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    write(tmp_path, 'base.yaml', "train: {lrr: 0.1}\n")
+    leaf = write(tmp_path, 'leaf.yaml', "_BASE_: base.yaml\n")
+    with pytest.raises(KeyError, match=r"'train.lrr' in .*base.yaml"):
+        merge_from_file(get_default_config(), leaf)
+
+
+def test_wrong_type_and_missing_base_are_errors(tmp_path):
+    bad = write(tmp_path, 'bad.yaml', "train: {max_epoch: 'ten'}\n")
+    with pytest.raises(TypeError, match=r"'train.max_epoch' in .*bad.yaml expects int"):
+        merge_from_file(get_default_config(), bad)
+    orphan = write(tmp_path, 'orphan.yaml', "_BASE_: nowhere.yaml\n")
+    with pytest.raises(FileNotFoundError, match='nowhere.yaml'):
+        merge_from_file(get_default_config(), orphan)
+    loop = write(tmp_path, 'loop.yaml', "_BASE_: loop.yaml\n")
+    with pytest.raises(ValueError, match='Circular'):
+        merge_from_file(get_default_config(), loop)
+
+
+def test_merge_from_list_decodes_and_checks():
+    cfg = merge_from_list(get_default_config(), ['train.lr', '1e-2', 'data.sources', 'synthreid',
+                                                 'model.pretrained', 'False'])
+    assert cfg.train.lr == 0.01 and cfg.data.sources == ['synthreid'] and cfg.model.pretrained is False
+    with pytest.raises(KeyError, match="'train.nope' in the command line"):
+        merge_from_list(cfg, ['train.nope', '1'])
+
+
+def test_project_config_node_is_added_by_its_function():
+    from yacs.config import CfgNode as CN
+
+    def add_demo_config(cfg):
+        cfg.demo = CN()
+        cfg.demo.alpha = 10.0  # a paper symbol
+
+    register_config('demo', add_demo_config)
+    try:
+        cfg = get_default_config()
+        assert cfg.demo.alpha == 10.0
+        with pytest.raises(KeyError, match='Duplicate config node'):
+            register_config('demo', add_demo_config)
+    finally:
+        CONFIG_NODES.unregister('demo')
+    assert 'demo' not in get_default_config()
