@@ -128,6 +128,7 @@ def _upstream_defaults(cfg):
 def _plugin_defaults(cfg):
     """Keys the plugin layer adds for every run, whatever the project."""
     cfg.model.pretrained_path = ''  # local ImageNet weights file, or a folder holding it
+    cfg.test.visactmap = False  # read by older upstream YAMLs only; activation maps: tools/visualize.py
     cfg.sampler.pos_ratio = 0.5  # PairwiseSampler: fraction of positive pairs in a batch
     cfg.sampler.camera_aware = True  # PairwiseSampler: positives from different cameras if possible
 

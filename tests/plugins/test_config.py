@@ -73,6 +73,7 @@ def test_upstream_style_yaml_loads_unchanged(tmp_path):
           evaluate: False
           eval_freq: 5
           rerank: False
+          visactmap: False
         """)
     cfg = merge_from_file(get_default_config(), path)
     assert cfg.model.name == 'osnet_x1_0' and cfg.train.lr == 0.0015 and cfg.test.eval_freq == 5
