@@ -6,7 +6,8 @@ Each fix replaces one host name with ours and has a test in ``tests/plugins``:
   numbers and atomic writes when saving (:mod:`plugins.checkpoint`);
 * evaluation: the engine's ``metrics.evaluate_rank`` becomes our vectorised
   one (same results; the wheel has no compiled evaluation), and the CUHK03
-  metric stops using ``np.bool``, removed in numpy 2 (:mod:`plugins.evaluation`);
+  metric stops using ``np.bool`` (missing in numpy 1.24-1.26, an alias again
+  since numpy 2) (:mod:`plugins.evaluation`);
 * samplers: ``build_train_sampler`` also builds registered samplers
   (:mod:`plugins.samplers`);
 * datasets: ``synthreid`` is registered (:mod:`plugins.datasets`).

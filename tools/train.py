@@ -36,8 +36,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = setup_config(args.config_file, args.opts, root=args.root, sources=args.sources,
-                       targets=args.targets, transforms=args.transforms)
+    try:
+        cfg = setup_config(args.config_file, args.opts, root=args.root, sources=args.sources,
+                           targets=args.targets, transforms=args.transforms)
+    except (KeyError, TypeError, ValueError, FileNotFoundError) as err:
+        sys.exit('Config error: {}'.format(err.args[0] if err.args else err))
     set_random_seed(cfg.train.seed)
 
     log_name = 'test.log' if cfg.test.evaluate else 'train.log'
@@ -50,7 +53,10 @@ def main(argv=None):
     if cfg.use_gpu:
         torch.backends.cudnn.benchmark = True
 
-    engine = build_run(cfg)
+    try:
+        engine = build_run(cfg)
+    except FileNotFoundError as err:  # missing dataset folder, weights or checkpoint file
+        sys.exit('Error: {}'.format(err))
     print('Building {} engine for {}-reid'.format(cfg.engine.name or cfg.loss.name, cfg.data.type))
     engine.run(**engine_run_kwargs(cfg))
 

@@ -141,3 +141,14 @@ def test_project_config_node_is_added_by_its_function():
     finally:
         CONFIG_NODES.unregister('demo')
     assert 'demo' not in get_default_config()
+
+
+def test_every_shipped_config_loads():
+    import glob
+    import os
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    paths = glob.glob(os.path.join(repo, 'configs', '**', '*.yaml'), recursive=True)
+    assert any(p.endswith('baselines/resnet50_synthreid.yaml') for p in paths)
+    for path in paths:
+        cfg = merge_from_file(get_default_config(), path)
+        assert cfg.model.name, path

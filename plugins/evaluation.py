@@ -1,0 +1,169 @@
+"""Fast, numpy-2-safe drop-ins for torchreid's rank evaluation.
+
+torchreid 0.2.5 falls back to a per-query Python loop when its Cython extension
+is missing (over a minute on Market-1501), and its CUHK03 metric uses ``np.bool``,
+which numpy 1.24-1.26 lack (numpy 2 re-added it as an alias of ``np.bool_``).
+This module computes the same numbers with a vectorised pass over query
+chunks, and adds mINP (Ye et al., TPAMI'21) from the same pass.
+"""
+import numpy as np
+
+# Rows per chunk are chosen so one chunk holds about this many (query, gallery)
+# cells: a few 8-byte arrays of this size stay around 100 MB at Market scale.
+_CHUNK_CELLS = 1 << 22
+_CUHK03_REPEATS = 10
+
+
+def evaluate_rank(
+    distmat,
+    q_pids,
+    g_pids,
+    q_camids,
+    g_camids,
+    max_rank=50,
+    use_metric_cuhk03=False,
+    use_cython=True,
+):
+    """Same contract as ``torchreid.reid.metrics.evaluate_rank``: returns ``(cmc, mAP)``.
+
+    ``use_cython`` is accepted for compatibility and ignored; this is already fast.
+    """
+    if use_metric_cuhk03:
+        return eval_cuhk03(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+    stats = _rank_stats(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+    return stats['cmc'], stats['mAP']
+
+
+def evaluate_rank_full(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
+    """Market-1501 protocol metrics as a dict with ``cmc``, ``mAP`` and ``mINP``.
+
+    mINP is the mean over valid queries of ``num_rel / rank of the last correct
+    match`` (1-based, after removing same-pid same-camera gallery entries).
+    """
+    stats = _rank_stats(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+    return {'cmc': stats['cmc'], 'mAP': stats['mAP'], 'mINP': stats['mINP']}
+
+
+def eval_cuhk03(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
+    """CUHK03 single-gallery-shot metric, equal to the host's ``eval_cuhk03``.
+
+    For every valid query and each of 10 repeats, one kept gallery image per
+    identity is sampled and the CMC is taken over those. The samples come from
+    the global ``np.random`` state in the host's order (query, repeat, identity
+    in order of first appearance in the ranking), so seeding before either
+    implementation gives the same result. mAP does not depend on sampling.
+    """
+    distmat, q_pids, g_pids, q_camids, g_camids, max_rank = _check_inputs(
+        distmat, q_pids, g_pids, q_camids, g_camids, max_rank
+    )
+    stats = _rank_stats(distmat, q_pids, g_pids, q_camids, g_camids, max_rank)
+    query_cmcs = []
+    for q in np.flatnonzero(stats['valid']):
+        order = np.argsort(distmat[q])
+        junk = (g_pids[order] == q_pids[q]) & (g_camids[order] == q_camids[q])
+        kept_pids = g_pids[order[~junk]]
+        # Group kept ranks by identity, identities in order of first appearance
+        # (the host iterates a dict filled while walking the ranking).
+        _, first_rank, group = np.unique(kept_pids, return_index=True, return_inverse=True)
+        appearance = np.argsort(np.argsort(first_rank))
+        group = appearance[group]
+        ranks_by_group = np.argsort(group, kind='stable')
+        sizes = np.bincount(group)
+        starts = np.cumsum(sizes) - sizes
+        # One draw per (repeat, identity), in C order: as the host's nested loops.
+        picks = np.random.randint(0, sizes, size=(_CUHK03_REPEATS, sizes.size))
+        sampled = ranks_by_group[starts + picks]
+        match = sampled[:, group[np.flatnonzero(kept_pids == q_pids[q])[0]]]
+        first_hit = (sampled < match[:, None]).sum(axis=1) + 1
+        length = min(max_rank, sizes.size)
+        hits_at = np.arange(1, length + 1)[None, :] >= first_hit[:, None]
+        query_cmcs.append(hits_at.sum(axis=0).astype(np.float32) / _CUHK03_REPEATS)
+    cmc = _stack_truncated(query_cmcs).sum(axis=0) / float(len(query_cmcs))
+    return cmc, stats['mAP']
+
+
+def patch_host_cuhk03_metric():
+    """Route torchreid's Python CUHK03 metric to :func:`eval_cuhk03` (idempotent).
+
+    Fixes the ``np.bool`` crash on numpy versions without that alias and makes
+    the metric fast; results are unchanged for the same ``np.random`` state.
+
+    ``torchreid.reid.metrics.rank.evaluate_py`` looks ``eval_cuhk03`` up in its
+    module at call time, so replacing that attribute fixes ``evaluate_rank``.
+    """
+    from torchreid.reid.metrics import rank
+
+    rank.eval_cuhk03 = eval_cuhk03
+
+
+def _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
+    distmat = np.asarray(distmat)
+    q_pids, g_pids, q_camids, g_camids = (
+        np.asarray(a).ravel() for a in (q_pids, g_pids, q_camids, g_camids)
+    )
+    num_q, num_g = distmat.shape
+    if q_pids.size != num_q or q_camids.size != num_q:
+        raise ValueError('distmat has {} rows but got {} query pids and {} query camids'.format(
+            num_q, q_pids.size, q_camids.size))
+    if g_pids.size != num_g or g_camids.size != num_g:
+        raise ValueError('distmat has {} columns but got {} gallery pids and {} gallery camids'.format(
+            num_g, g_pids.size, g_camids.size))
+    if num_g < max_rank:
+        max_rank = num_g
+        print('Note: number of gallery samples is quite small, got {}'.format(num_g))
+    return distmat, q_pids, g_pids, q_camids, g_camids, max_rank
+
+
+def _rank_stats(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
+    """The shared vectorised pass: per-query hit positions -> CMC, mAP, mINP.
+
+    Gallery entries with the query's pid and camid are "junk": they are dropped
+    from the ranking, so a hit's rank is its 1-based position among kept entries.
+    Queries without any kept hit are invalid and skipped, as in the host.
+    """
+    distmat, q_pids, g_pids, q_camids, g_camids, max_rank = _check_inputs(
+        distmat, q_pids, g_pids, q_camids, g_camids, max_rank
+    )
+    num_q, num_g = distmat.shape
+    chunk = max(1, _CHUNK_CELLS // max(num_g, 1))
+    valid, first_hit, ap, inp, kept_len = [], [], [], [], []
+    for start in range(0, num_q, chunk):
+        rows = slice(start, start + chunk)
+        # Same per-row argsort as the host, so tied distances rank identically.
+        order = np.argsort(distmat[rows], axis=1)
+        same_pid = g_pids[order] == q_pids[rows, None]
+        junk = same_pid & (g_camids[order] == q_camids[rows, None])
+        kept_rank = np.cumsum(~junk, axis=1, dtype=np.int64)
+        hit_q, hit_col = np.nonzero(same_pid & ~junk)  # row-major: hits of a query are contiguous and ordered
+        rank = kept_rank[hit_q, hit_col]
+        num_rel = np.bincount(hit_q, minlength=kept_rank.shape[0])
+        first = np.cumsum(num_rel) - num_rel  # index of each query's first hit in the flat hit arrays
+        nth_hit = np.arange(rank.size) - first[hit_q] + 1
+        precision_sum = np.bincount(hit_q, weights=nth_hit / rank, minlength=num_rel.size)
+        ok = num_rel > 0
+        valid.append(ok)
+        first_hit.append(rank[first[ok]])
+        ap.append(precision_sum[ok] / num_rel[ok])
+        inp.append(num_rel[ok] / rank[first[ok] + num_rel[ok] - 1])
+        kept_len.append(kept_rank[ok, -1])
+    first_hit, kept_len = np.concatenate(first_hit), np.concatenate(kept_len)
+    num_valid = first_hit.size
+    assert num_valid > 0, 'Error: all query identities do not appear in gallery'
+
+    # The host truncates each query's curve to its kept gallery size; when that
+    # is below max_rank its curves only stack if all are equally short.
+    length = min(max_rank, int(kept_len.min()))
+    found_by = np.bincount(np.minimum(first_hit, length + 1), minlength=length + 2)[1:length + 1]
+    cmc = np.cumsum(found_by).astype(np.float32) / float(num_valid)
+    return {
+        'valid': np.concatenate(valid),
+        'cmc': cmc,
+        'mAP': np.mean(np.concatenate(ap)),
+        'mINP': np.mean(np.concatenate(inp)),
+    }
+
+
+def _stack_truncated(curves):
+    """Stack per-query curves cut to the shortest, as the host's curves are when they stack."""
+    length = min(c.size for c in curves)
+    return np.asarray([c[:length] for c in curves], dtype=np.float32)
