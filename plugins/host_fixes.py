@@ -10,11 +10,29 @@ Each fix replaces one host name with ours and has a test in ``tests/plugins``:
   since numpy 2) (:mod:`plugins.evaluation`);
 * samplers: ``build_train_sampler`` also builds registered samplers
   (:mod:`plugins.samplers`);
-* datasets: ``synthreid`` is registered (:mod:`plugins.datasets`).
+* datasets: ``synthreid`` is registered (:mod:`plugins.datasets`), and a
+  missing dataset folder is an error naming it instead of a download attempt
+  (:func:`offline_dataset_check`).
 """
+import os.path as osp
+
 from torchreid.reid import metrics
+from torchreid.reid.data.datasets.dataset import Dataset
 
 from . import checkpoint, datasets, evaluation, samplers
+
+EXAMPLE_LAYOUT = ('market1501/Market-1501-v15.09.15/{bounding_box_train,query,bounding_box_test}/'
+                  '*.jpg for market1501')
+
+
+def offline_dataset_check(self, dataset_dir, dataset_url):
+    """Replaces ``Dataset.download_dataset``: nothing is downloaded, a missing folder is named."""
+    if osp.exists(dataset_dir):
+        return
+    raise FileNotFoundError(
+        '{} dataset not found: expected the folder "{}" under --root/data.root. Nothing is '
+        'downloaded: extract the dataset there in its original layout (e.g. {}).'.format(
+            type(self).__name__, dataset_dir, EXAMPLE_LAYOUT))
 
 
 def install_host_fixes():
@@ -24,3 +42,4 @@ def install_host_fixes():
     evaluation.patch_host_cuhk03_metric()
     metrics.evaluate_rank = evaluation.evaluate_rank
     datasets.register()
+    Dataset.download_dataset = offline_dataset_check
