@@ -13,11 +13,13 @@ with the same defaults, so upstream YAML files load unchanged. On top of it:
   the file.
 """
 import ast
+import copy
 import os.path as osp
 
 import yaml
 from yacs.config import CfgNode as CN
 
+from .datasets import synthreid
 from .registry import Registry
 
 CONFIG_NODES = Registry('config node')
@@ -142,15 +144,8 @@ def _plugin_defaults(cfg):
     cfg.teacher.temperature = 1.0  # softmax temperature of the KL term
     cfg.teacher.mode = 'kl'  # 'kl' on logits or 'feature' (MSE on retrieval features)
 
-    cfg.synthreid = CN()  # generation spec of the embedded dataset (see plugins/datasets)
-    cfg.synthreid.seed = 0  # generation seed
-    cfg.synthreid.num_train_ids = 150  # training identities
-    cfg.synthreid.num_test_ids = 100  # test identities (query and gallery)
-    cfg.synthreid.num_cams = 6  # cameras
-    cfg.synthreid.num_distractors = 300  # gallery images of people outside the test set (pid 0)
-    cfg.synthreid.num_junk = 60  # junk gallery images (pid -1, ignored by the loader)
-    cfg.synthreid.height = 128  # stored image height
-    cfg.synthreid.width = 64  # stored image width
+    # generation spec of the embedded dataset; keys and comments: plugins/datasets/synthreid.py
+    cfg.synthreid = CN(copy.deepcopy(synthreid.DEFAULT_SPEC))
 
 
 def get_default_config():
