@@ -97,3 +97,16 @@ def install():
         module.load_checkpoint = load_checkpoint
         module.save_checkpoint = save_checkpoint
     engine.save_checkpoint = save_checkpoint
+
+
+def load_weights_strict(model, fpath):
+    """Load a checkpoint's weights into ``model``; every key must match (tools need exact models)."""
+    state = load_checkpoint(fpath)
+    state = state.get('state_dict', state)
+    state = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError('Weights "{}" do not fit the model built from the config: {}'.format(
+            fpath, err)) from None
+    return model

@@ -12,6 +12,7 @@ from torchreid.reid import optim as host_optim
 from torchreid.reid.utils import compute_model_complexity, load_pretrained_weights
 
 from . import config as C
+from .checkpoint import load_weights_strict
 from .datasets import synthreid
 from .engine import build_engine
 from .models import build_model
@@ -64,6 +65,19 @@ def build_model_from_config(cfg, num_classes):
                 cfg.model.load_weights))
         load_pretrained_weights(model, cfg.model.load_weights)
     return model
+
+
+def build_trained_model(cfg, weights):
+    """The config's data manager and its model with ``weights`` loaded strictly, in eval mode.
+
+    Used by the export, visualisation and benchmark tools: the data manager gives
+    the class count and the dataset's images.
+    """
+    datamanager = build_datamanager(cfg)
+    model = build_model(cfg.model.name, datamanager.num_train_pids, loss=cfg.loss.name,
+                        pretrained=False, use_gpu=cfg.use_gpu, height=cfg.data.height,
+                        width=cfg.data.width)
+    return load_weights_strict(model, weights).eval(), datamanager
 
 
 def build_run(cfg, verbose=True):
