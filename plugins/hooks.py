@@ -19,7 +19,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_weights_strict
 from .registry import Registry
 
 HOOKS = Registry('hook')
@@ -230,14 +230,11 @@ class TeacherDistillationHook(Hook):
         from .models import build_model
 
         teacher = build_model(model_name, num_classes, loss='triplet', pretrained=False)
-        state = load_checkpoint(weights)
-        state = state.get('state_dict', state)
-        state = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state.items()}
         try:
-            teacher.load_state_dict(state)
-        except RuntimeError as err:
-            raise ValueError('Teacher checkpoint "{}" does not fit model {!r} with {} classes: {}'
-                             .format(weights, model_name, num_classes, err)) from None
+            load_weights_strict(teacher, weights)
+        except ValueError as err:
+            raise ValueError('Teacher model {!r} with {} classes: {}'.format(
+                model_name, num_classes, err)) from None
         return cls(teacher, **kwargs)
 
     def attach(self, engine):

@@ -162,7 +162,7 @@ def test_teacher_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match='missing_teacher.pth'):
         TeacherDistillationHook.from_checkpoint('resnet18', str(tmp_path / 'missing_teacher.pth'), 4)
     path = save_teacher(tmp_path, num_classes=4)
-    with pytest.raises(ValueError, match='does not fit model .resnet18. with 7 classes'):
+    with pytest.raises(ValueError, match="model 'resnet18' with 7 classes: Weights .* do not fit"):
         TeacherDistillationHook.from_checkpoint('resnet18', path, num_classes=7)
     with pytest.raises(ValueError, match='Unknown distillation mode'):
         TeacherDistillationHook(TinyReIDNet(), mode='cosine')
