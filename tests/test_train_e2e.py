@@ -3,7 +3,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -57,51 +56,12 @@ def test_train_evaluate_resume_and_test_only(tmp_path):
     assert 'epoch: [' not in out
 
 
-UPSTREAM_R50 = """\
-model:
-  name: 'resnet50_fc512'
-  pretrained: True
-
-data:
-  type: 'image'
-  sources: ['market1501']
-  targets: ['market1501']
-  height: 256
-  width: 128
-  combineall: False
-  transforms: ['random_flip']
-  save_dir: 'log/resnet50_market1501_softmax'
-
-loss:
-  name: 'softmax'
-  softmax:
-    label_smooth: True
-
-train:
-  optim: 'amsgrad'
-  lr: 0.0003
-  max_epoch: 60
-  batch_size: 32
-  fixbase_epoch: 5
-  open_layers: ['classifier']
-  lr_scheduler: 'single_step'
-  stepsize: [20]
-
-test:
-  batch_size: 100
-  dist_metric: 'euclidean'
-  normalize_feature: False
-  evaluate: False
-  eval_freq: -1
-  rerank: False
-  visactmap: False
-"""
+UPSTREAM_R50 = os.path.join(REPO, 'tests', 'data', 'im_r50_softmax_256x128_amsgrad.yaml')
 
 
 def test_upstream_config_runs_unchanged_with_only_the_dataset_overridden(tmp_path, monkeypatch):
     """Upstream's im_r50_softmax_256x128_amsgrad.yaml, verbatim; pretrained weights are missing offline."""
-    config = tmp_path / 'im_r50_softmax_256x128_amsgrad.yaml'
-    config.write_text(UPSTREAM_R50)
+    config = UPSTREAM_R50
     env_home = str(tmp_path / 'torch_home')
     monkeypatch.setenv('TORCH_HOME', env_home)
     code, out = train('--config-file', str(config), '-s', 'synthreid', '-t', 'synthreid',

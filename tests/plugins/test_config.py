@@ -1,3 +1,4 @@
+import os
 import textwrap
 
 import pytest
@@ -39,44 +40,13 @@ def write(tmp_path, name, text):
     return str(path)
 
 
-def test_upstream_style_yaml_loads_unchanged(tmp_path):
-    # the shape of upstream configs/im_osnet_x1_0_softmax_256x128_amsgrad_cosine.yaml
-    path = write(tmp_path, 'upstream.yaml', """
-        model:
-          name: 'osnet_x1_0'
-          pretrained: True
-        data:
-          type: 'image'
-          sources: ['market1501']
-          targets: ['market1501']
-          height: 256
-          width: 128
-          combineall: False
-          transforms: ['random_flip']
-          save_dir: 'log/osnet_x1_0_market1501_softmax_cosinelr'
-        loss:
-          name: 'softmax'
-          softmax:
-            label_smooth: True
-        train:
-          optim: 'amsgrad'
-          lr: 0.0015
-          max_epoch: 50
-          batch_size: 32
-          fixbase_epoch: 10
-          open_layers: ['classifier']
-          lr_scheduler: 'cosine'
-        test:
-          batch_size: 100
-          dist_metric: 'euclidean'
-          normalize_feature: False
-          evaluate: False
-          eval_freq: 5
-          rerank: False
-          visactmap: False
-        """)
+def test_upstream_yaml_loads_unchanged():
+    """torchreid's configs/im_r50_softmax_256x128_amsgrad.yaml, verbatim (it has the legacy visactmap)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'data',
+                        'im_r50_softmax_256x128_amsgrad.yaml')
     cfg = merge_from_file(get_default_config(), path)
-    assert cfg.model.name == 'osnet_x1_0' and cfg.train.lr == 0.0015 and cfg.test.eval_freq == 5
+    assert cfg.model.name == 'resnet50_fc512' and cfg.train.optim == 'amsgrad'
+    assert cfg.train.fixbase_epoch == 5 and cfg.test.visactmap is False
 
 
 def test_base_inheritance_chain_and_override(tmp_path):
@@ -145,7 +115,6 @@ def test_project_config_node_is_added_by_its_function():
 
 def test_every_shipped_config_loads():
     import glob
-    import os
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     paths = glob.glob(os.path.join(repo, 'configs', '**', '*.yaml'), recursive=True)
     assert any(p.endswith('baselines/resnet50_synthreid.yaml') for p in paths)

@@ -1,5 +1,6 @@
 import importlib.metadata
 import os
+import sys
 
 import pytest
 import torch
@@ -67,43 +68,42 @@ class FakeDist(importlib.metadata.Distribution):
         return path
 
 
-def test_installed_projects_are_discovered_and_register_themselves(tmp_path, monkeypatch):
-    package = tmp_path / 'demo_reid_project'
-    package.mkdir()
-    (package / '__init__.py').write_text(
-        'import plugins\n'
-        'from tests.conftest import TinyReIDNet\n'
-        "plugins.register_model('demo_project_net', TinyReIDNet)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+@pytest.fixture
+def install_project(tmp_path, monkeypatch):
+    """Make a package with the given ``__init__`` body importable and declared as a project."""
 
-    class Finder:
-        @staticmethod
-        def find_distributions(context=None):
-            return [FakeDist('demo_reid_project')]
+    def install(module_name, body):
+        package = tmp_path / module_name
+        package.mkdir()
+        (package / '__init__.py').write_text(body)
+        monkeypatch.syspath_prepend(str(tmp_path))
 
-    monkeypatch.setattr('sys.meta_path', [*__import__('sys').meta_path, Finder])
+        class Finder:
+            @staticmethod
+            def find_distributions(context=None):
+                return [FakeDist(module_name)]
+
+        monkeypatch.setattr('sys.meta_path', [*sys.meta_path, Finder])
+
+    yield install
+    discovery._loaded.pop('demo_project', None)
+
+
+def test_installed_projects_are_discovered_and_register_themselves(install_project):
+    install_project('demo_reid_project', 'import plugins\n'
+                    'from tests.conftest import TinyReIDNet\n'
+                    "plugins.register_model('demo_project_net', TinyReIDNet)\n")
     try:
         loaded = plugins.load_projects()
         assert 'demo_project' in loaded
         assert 'demo_project_net' in plugins.available_models()
         assert plugins.load_projects()['demo_project'] is loaded['demo_project']  # once only
     finally:
-        discovery._loaded.pop('demo_project', None)
         if 'demo_project_net' in plugins.MODELS:
             plugins.models.unregister_model('demo_project_net')
 
 
-def test_broken_project_is_reported_by_name(tmp_path, monkeypatch):
-    package = tmp_path / 'broken_reid_project'
-    package.mkdir()
-    (package / '__init__.py').write_text('raise RuntimeError("bad weights table")\n')
-    monkeypatch.syspath_prepend(str(tmp_path))
-
-    class Finder:
-        @staticmethod
-        def find_distributions(context=None):
-            return [FakeDist('broken_reid_project')]
-
-    monkeypatch.setattr('sys.meta_path', [*__import__('sys').meta_path, Finder])
+def test_broken_project_is_reported_by_name(install_project):
+    install_project('broken_reid_project', 'raise RuntimeError("bad weights table")\n')
     with pytest.raises(ImportError, match="project 'demo_project'.*bad weights table"):
         plugins.load_projects()
