@@ -1,0 +1,413 @@
+"""Measurements for ``tools/benchmark.py``, and the registry of benchmark sections.
+
+A section is ``run(args, previous, save) -> dict`` plus ``markdown(dict) -> str``;
+projects add their own (e.g. a module against its reference implementation)
+with :func:`register_benchmark`. ``previous`` is the section's result from an
+earlier, unfinished run (or None) and ``save(partial)`` records progress in the
+benchmark's JSON, so long sections can resume.
+"""
+import glob
+import importlib.util
+import os
+import os.path as osp
+import re
+import time
+import warnings
+from collections import namedtuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchreid.reid import metrics
+from torchreid.reid.utils import compute_model_complexity
+
+from .evaluation import evaluate_rank_full
+from .registry import Registry
+
+BENCHMARKS = Registry('benchmark section')
+Section = namedtuple('Section', ['run', 'markdown'])
+
+
+def register_benchmark(name, run, markdown):
+    return BENCHMARKS.register(name, Section(run, markdown))
+
+
+def median_time(fn, steps=5, warmup=2, sync=None):
+    """Median wall time of ``fn()`` in seconds after ``warmup`` untimed calls."""
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        fn()
+        if sync is not None:
+            sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def pk_batch(batch_size, height, width, num_classes, device, num_instances=4):
+    """A fixed random batch laid out as P identities x K images, so every loss is defined."""
+    g = torch.Generator().manual_seed(0)
+    pids = (torch.arange(batch_size) // num_instances) % max(num_classes, 1)
+    return {'img': torch.randn(batch_size, 3, height, width, generator=g).to(device),
+            'pid': pids.to(device), 'camid': torch.zeros(batch_size, dtype=torch.long)}
+
+
+def _proc_status_mib(field):
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) / 1024.0
+    raise KeyError(field)
+
+
+def reset_peak_rss():
+    """Start a new resident-memory high-water mark (Linux); returns the current RSS in MiB.
+
+    ``getrusage``'s maximum survives fork+exec, so a child process would report
+    its parent's peak; ``VmHWM`` belongs to this process and can be reset.
+    """
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+    return _proc_status_mib('VmRSS')
+
+
+def peak_rss_mib():
+    """Resident-memory high-water mark since the last :func:`reset_peak_rss`, in MiB."""
+    return _proc_status_mib('VmHWM')
+
+
+def measure_costs(engine, cfg, onnx_path=None, steps=5):
+    """Parameters, FLOPs, train-step time and memory, inference speed (PyTorch, onnxruntime).
+
+    Train-step memory is the CUDA peak on a GPU; on the CPU it is the growth of
+    the process's peak resident memory over the timed steps, so run this in a
+    fresh process (``tools/benchmark.py`` does) for a meaningful figure.
+    """
+    model, device = engine.model, engine.device
+    h, w, bs = cfg.data.height, cfg.data.width, cfg.train.batch_size
+    model.eval()
+    params, flops = compute_model_complexity(model, (1, 3, h, w))
+    sync = torch.cuda.synchronize if device.type == 'cuda' else None
+    batch = pk_batch(bs, h, w, engine.datamanager.num_train_pids, device, cfg.sampler.num_instances)
+
+    engine.set_model_mode('train')
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = reset_peak_rss() if device.type != 'cuda' else 0.0
+    step_s = median_time(lambda: engine.forward_backward(batch), steps=steps, sync=sync)
+    step_mem = (torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == 'cuda'
+                else peak_rss_mib() - rss_before)
+
+    engine.set_model_mode('eval')
+    with torch.no_grad():
+        infer_s = median_time(lambda: model(batch['img']), steps=steps, sync=sync)
+    result = {'params': int(params), 'gflops': flops / 1e9, 'train_step_s': step_s,
+              'train_step_mem_mib': step_mem, 'train_step_mem_kind': (
+                  'cuda peak allocated' if device.type == 'cuda' else 'CPU peak RSS growth'),
+              'infer_batch': bs, 'infer_torch_img_s': bs / infer_s}
+    if onnx_path is not None:
+        result['infer_onnx_img_s'] = bs / onnx_inference_time(model.cpu(), cfg, onnx_path,
+                                                               batch['img'].cpu(), steps)
+        model.to(device)
+    return result
+
+
+def onnx_inference_time(model, cfg, path, images, steps=5):
+    import onnxruntime as ort
+
+    from .export import export_onnx
+
+    export_onnx(model, path, cfg.data.height, cfg.data.width, cfg.data.norm_mean,
+                cfg.data.norm_std, model_name=cfg.model.name)
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    feed = {session.get_inputs()[0].name: images.numpy()}
+    return median_time(lambda: session.run(None, feed), steps=steps)
+
+
+@torch.no_grad()
+def evaluate_engine(engine, cfg):
+    """Rank-1/5/10, mAP and mINP of the engine's model on its first target dataset, timed."""
+    start = time.perf_counter()
+    engine.set_model_mode('eval')
+    name = list(engine.test_loader.keys())[0]
+    feats = {}
+    for split in ('query', 'gallery'):
+        chunks, pids, camids = [], [], []
+        for data in engine.test_loader[name][split]:
+            imgs, pid, camid = engine.parse_data_for_eval(data)
+            chunks.append(engine.extract_features(imgs.to(engine.device)).cpu())
+            pids.append(pid)
+            camids.append(camid)
+        feats[split] = (torch.cat(chunks), torch.cat(pids).numpy(), torch.cat(camids).numpy())
+    (qf, q_pids, q_cams), (gf, g_pids, g_cams) = feats['query'], feats['gallery']
+    if cfg.test.normalize_feature:
+        qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
+    distmat = metrics.compute_distance_matrix(qf, gf, cfg.test.dist_metric).numpy()
+    result = evaluate_rank_full(distmat, q_pids, g_pids, q_cams, g_cams)
+    cmc = result['cmc']
+    return {'dataset': name, 'rank1': float(cmc[0]), 'rank5': float(cmc[min(4, len(cmc) - 1)]),
+            'rank10': float(cmc[min(9, len(cmc) - 1)]), 'mAP': float(result['mAP']),
+            'mINP': float(result['mINP']), 'eval_s': time.perf_counter() - start}
+
+
+MARKET_SIZE = (3368, 15913)
+
+
+def make_rank_problem(num_query, num_gallery, seed=0, dim=64, num_cams=6):
+    """A Market-1501-like retrieval problem from random features.
+
+    Gallery: ~17.5 images per identity (751 identities at Market scale), 17.5%
+    distractors with pid 0, 6 cameras. Features are identity centre + camera
+    offset + noise, so rankings are neither trivial nor random and same-camera
+    matches (which the protocol removes) are ranked high, as in real data.
+    Returns squared euclidean distances (torchreid's default) in float32.
+    """
+    rng = np.random.RandomState(seed)
+    num_distractors = int(round(0.1755 * num_gallery))
+    num_labelled = num_gallery - num_distractors
+    num_ids = max(2, min(751, int(num_labelled / 17.5)))
+    g_pids = np.concatenate([
+        np.arange(1, num_ids + 1),  # every identity has gallery images
+        rng.randint(1, num_ids + 1, num_labelled - num_ids),
+        np.zeros(num_distractors, dtype=np.int64),
+    ])
+    q_pids = rng.randint(1, num_ids + 1, num_query)
+    g_camids = rng.randint(0, num_cams, num_gallery)
+    q_camids = rng.randint(0, num_cams, num_query)
+
+    centres = rng.randn(num_ids + 1, dim)
+    cam_offsets = 0.6 * rng.randn(num_cams, dim)
+
+    def features(pids, camids):
+        f = centres[pids] + cam_offsets[camids] + 0.7 * rng.randn(pids.size, dim)
+        distractor = pids == 0
+        f[distractor] = 1.2 * rng.randn(int(distractor.sum()), dim)
+        return f.astype(np.float32)
+
+    qf, gf = features(q_pids, q_camids), features(g_pids, g_camids)
+    distmat = (qf ** 2).sum(1)[:, None] + (gf ** 2).sum(1)[None, :] - 2 * qf @ gf.T
+    return distmat, q_pids, g_pids, q_camids, g_camids
+
+
+def load_pristine_host_rank():
+    """A fresh copy of torchreid's ``metrics/rank.py``.
+
+    Importing ``plugins`` routes the host's metric functions to ours, so the
+    reference must come from a copy that no fix has touched.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # the host warns that its Cython metric is missing
+        import torchreid.reid.metrics
+
+        path = os.path.join(os.path.dirname(torchreid.reid.metrics.__file__), 'rank.py')
+        spec = importlib.util.spec_from_file_location('_pristine_torchreid_rank', path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module
+
+
+def bench_evaluation(num_query, num_gallery, seed=0, max_rank=50, repeats=3):
+    """Host Python ``eval_market1501`` (run once) vs ours (best of ``repeats``)."""
+    host_rank = load_pristine_host_rank()
+    problem = make_rank_problem(num_query, num_gallery, seed=seed)
+    start = time.perf_counter()
+    host_cmc, host_map = host_rank.eval_market1501(*problem, max_rank)
+    host_s = time.perf_counter() - start
+
+    ours_s = float('inf')
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ours = evaluate_rank_full(*problem, max_rank=max_rank)
+        ours_s = min(ours_s, time.perf_counter() - start)
+
+    cmc_diff = float(np.abs(host_cmc - ours['cmc']).max())
+    map_diff = float(abs(host_map - ours['mAP']))
+    return {
+        'num_query': num_query,
+        'num_gallery': num_gallery,
+        'max_rank': max_rank,
+        'host_s': host_s,
+        'ours_s': ours_s,
+        'ours_repeats': repeats,
+        'speedup': host_s / ours_s,
+        'max_abs_diff_cmc': cmc_diff,
+        'abs_diff_mAP': map_diff,
+        'max_abs_diff': max(cmc_diff, map_diff),
+        'rank1': float(ours['cmc'][0]),
+        'mAP': float(ours['mAP']),
+        'mINP': float(ours['mINP']),
+    }
+
+
+def markdown_evaluation(result):
+    return '\n'.join([
+        '## evaluation: Market-1501 protocol (CMC + mAP)',
+        '',
+        'Problem: {num_query} x {num_gallery}, max_rank {max_rank}; rank-1 {rank1:.4f}, '
+        'mAP {mAP:.4f}, mINP {mINP:.4f}. Host: torchreid Python `eval_market1501` '
+        '(run once); ours: `plugins.evaluation`, best of {ours_repeats}.'.format(**result),
+        '',
+        '| host (s) | ours (s) | speed-up | max abs diff CMC | abs diff mAP |',
+        '|---:|---:|---:|---:|---:|',
+        '| {host_s:.2f} | {ours_s:.3f} | {speedup:.1f}x | {max_abs_diff_cmc:.3g} | '
+        '{abs_diff_mAP:.3g} |'.format(**result),
+    ])
+
+
+register_benchmark('evaluation', lambda args, previous, save: bench_evaluation(
+    args.num_query, args.num_gallery, seed=args.seed), markdown_evaluation)
+
+
+def latest_checkpoint(run_dir):
+    """``<run_dir>/model/model.pth.tar-N`` with the largest N, or None."""
+    paths = glob.glob(osp.join(run_dir, 'model', 'model.pth.tar-*'))
+    epochs = [int(m.group(1)) for m in (re.search(r'-(\d+)$', p) for p in paths) if m]
+    return osp.join(run_dir, 'model', 'model.pth.tar-{}'.format(max(epochs))) if epochs else None
+
+
+def train_for_budget(engine, cfg, epochs, run_dir, state, on_epoch=None):
+    """Train with the host's per-epoch ``train()``, checkpointing each epoch so a run can resume.
+
+    ``state`` holds ``epochs_done`` and ``train_s`` (carried over from an earlier,
+    interrupted run); it is updated in place and passed to ``on_epoch``.
+    """
+    checkpoint = latest_checkpoint(run_dir)
+    start = engine.resume(checkpoint) if checkpoint else 0
+    state['epochs_done'] = start
+    state.setdefault('train_s', 0.0)
+    engine.max_epoch = epochs
+    images_per_epoch = len(engine.train_loader) * cfg.train.batch_size
+    for engine.epoch in range(start, epochs):
+        tic = time.perf_counter()
+        engine.train(print_freq=10 ** 9, fixbase_epoch=cfg.train.fixbase_epoch,
+                     open_layers=cfg.train.open_layers)
+        state['train_s'] += time.perf_counter() - tic
+        state['epochs_done'] = engine.epoch + 1
+        engine.save_model(engine.epoch, 0.0, run_dir)
+        for stale in glob.glob(osp.join(run_dir, '*', 'model.pth.tar-{}'.format(engine.epoch))):
+            os.remove(stale)  # keep only the latest checkpoint of each network
+        if on_epoch is not None:
+            on_epoch(state)
+    state['train_img_s'] = images_per_epoch * epochs / max(state['train_s'], 1e-9)
+    return state
+
+
+def _costs_worker(config_file, opts, root, onnx_path, queue):
+    """Runs in a fresh process so the CPU peak-memory figure belongs to the step alone."""
+    from .launch import build_run, setup_config
+
+    cfg = setup_config(config_file, opts, root=root)
+    queue.put(measure_costs(build_run(cfg, verbose=False), cfg, onnx_path))
+
+
+def measure_costs_in_subprocess(config_file, opts, root, onnx_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context('spawn')
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_costs_worker, args=(config_file, list(opts), root, onnx_path, queue))
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError('Cost measurement of {} failed (exit code {})'.format(
+            config_file, proc.exitcode))
+    return queue.get()
+
+
+def config_name(path):
+    return osp.splitext(osp.basename(path))[0]
+
+
+def run_opts(args, run_dir):
+    """Overrides that give every config the same budget, dataset and output folder."""
+    opts = list(args.opts) + ['train.max_epoch', str(args.epochs), 'data.save_dir', run_dir,
+                              'test.evaluate', 'False', 'model.resume', '']
+    if args.dataset:
+        opts += ['data.sources', args.dataset, 'data.targets', args.dataset]
+    return opts
+
+
+def bench_models(args, previous, save):
+    """Train every config for the same epochs, then evaluate and measure its costs."""
+    from .launch import build_run, setup_config
+
+    result = previous or {'epochs': args.epochs, 'dataset': args.dataset or 'each config\'s own',
+                          'runs': {}}
+    if result['epochs'] != args.epochs:
+        raise ValueError('The saved benchmark used {} epochs, not {}: use another --out-dir'.format(
+            result['epochs'], args.epochs))
+    for index, config_file in enumerate(args.configs):
+        name = config_name(config_file)
+        entry = result['runs'].setdefault(name, {'config': config_file, 'status': 'pending'})
+        if entry['status'] == 'done':
+            print('[{}/{}] {}: done in an earlier run'.format(index + 1, len(args.configs), name))
+            continue
+        run_dir = osp.join(args.out_dir, 'runs', name)
+        opts = run_opts(args, run_dir)
+        cfg = setup_config(config_file, opts, root=args.root)
+        engine = build_run(cfg, verbose=False)
+        entry['model'] = cfg.model.name
+
+        def progress(state):
+            entry['status'] = 'training'
+            print('[{}/{}] {}: epoch {}/{} ({:.0f} s)'.format(index + 1, len(args.configs), name,
+                                                             state['epochs_done'], args.epochs,
+                                                             state['train_s']), flush=True)
+            save(result)
+
+        train_for_budget(engine, cfg, args.epochs, run_dir, entry, on_epoch=progress)
+        entry.update(evaluate_engine(engine, cfg))
+        del engine
+        onnx_path = osp.join(run_dir, name + '.onnx') if args.onnx else None
+        entry.update(measure_costs_in_subprocess(config_file, opts, args.root, onnx_path))
+        entry['status'] = 'done'
+        result['dataset'] = args.dataset or ', '.join(sorted(
+            {run['dataset'] for run in result['runs'].values() if 'dataset' in run}))
+        print('[{}/{}] {}: Rank-1 {:.1%}, mAP {:.1%}'.format(index + 1, len(args.configs), name,
+                                                             entry['rank1'], entry['mAP']), flush=True)
+        save(result)
+    return result
+
+
+MODEL_COLUMNS = (
+    ('config', '{}'), ('model', '{}'), ('Rank-1 (%)', '{:.1f}'), ('Rank-5 (%)', '{:.1f}'),
+    ('mAP (%)', '{:.1f}'), ('mINP (%)', '{:.1f}'), ('train (s)', '{:.0f}'),
+    ('train img/s', '{:.1f}'), ('params (M)', '{:.2f}'), ('GFLOPs', '{:.2f}'),
+    ('step (ms)', '{:.0f}'), ('step mem (MiB)', '{:.0f}'), ('infer img/s torch', '{:.0f}'),
+    ('infer img/s onnx', '{:.0f}'), ('eval (s)', '{:.1f}'),
+)
+
+
+def _model_row(name, run):
+    values = [name, run.get('model', '?'), 100 * run.get('rank1', np.nan),
+              100 * run.get('rank5', np.nan), 100 * run.get('mAP', np.nan),
+              100 * run.get('mINP', np.nan), run.get('train_s', np.nan),
+              run.get('train_img_s', np.nan), run.get('params', np.nan) / 1e6,
+              run.get('gflops', np.nan), 1000 * run.get('train_step_s', np.nan),
+              run.get('train_step_mem_mib', np.nan), run.get('infer_torch_img_s', np.nan),
+              run.get('infer_onnx_img_s', np.nan), run.get('eval_s', np.nan)]
+    cells = []
+    for (_, fmt), value in zip(MODEL_COLUMNS, values):
+        missing = isinstance(value, float) and np.isnan(value)
+        cells.append('not run' if missing else fmt.format(value))
+    return '| ' + ' | '.join(cells) + ' |'
+
+
+def markdown_models(result):
+    runs = result['runs']
+    kinds = {run.get('train_step_mem_kind') for run in runs.values()} - {None}
+    lines = ['## models: same budget ({} epochs), dataset {}'.format(result['epochs'],
+                                                                      result['dataset']),
+             '',
+             'Train time and img/s cover the whole budget; step and memory are one training '
+             'step at the config\'s batch size ({}); inference is a batch of the same size.'.format(
+                 ', '.join(sorted(kinds)) or 'not measured'),
+             '',
+             '| ' + ' | '.join(c for c, _ in MODEL_COLUMNS) + ' |',
+             '|' + '---|' * 2 + '---:|' * (len(MODEL_COLUMNS) - 2)]
+    lines += [_model_row(name, run) for name, run in runs.items()]
+    return '\n'.join(lines)
+
+
+register_benchmark('models', bench_models, markdown_models)

@@ -1,0 +1,79 @@
+"""tools/benchmark.py's models section on a tiny generated dataset."""
+import importlib.util
+import json
+import os
+
+import pytest
+from PIL import Image
+
+from plugins.benchmarking import latest_checkpoint, train_for_budget
+from plugins.launch import build_run, setup_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = [os.path.join(REPO, 'configs', 'baselines', name)
+           for name in ('resnet50_synthreid.yaml', 'resnet50_triplet_synthreid.yaml')]
+TINY = ['synthreid.num_train_ids', '8', 'synthreid.num_test_ids', '5', 'synthreid.num_cams', '3',
+        'synthreid.cams_per_id', '[2, 3]', 'synthreid.images_per_id_per_cam', '[2, 3]',
+        'synthreid.num_distractors', '6', 'synthreid.num_junk', '3', 'synthreid.height', '32',
+        'synthreid.width', '16', 'data.height', '32', 'data.width', '16', 'data.workers', '0',
+        'train.batch_size', '8', 'test.batch_size', '16', 'model.name', 'resnet18']
+RUN_KEYS = ('rank1', 'rank5', 'mAP', 'mINP', 'train_s', 'train_img_s', 'params', 'gflops',
+            'train_step_s', 'train_step_mem_mib', 'infer_torch_img_s', 'infer_onnx_img_s', 'eval_s')
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location('benchmark_tool',
+                                                  os.path.join(REPO, 'tools', 'benchmark.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_models_section_writes_every_figure_and_resumes(tmp_path, capsys):
+    tool = load_tool()
+    argv = ['--sections', 'models', '--configs', *CONFIGS, '--epochs', '1', '--root',
+            str(tmp_path / 'data'), '--out-dir', str(tmp_path / 'out'), '--opts', *TINY]
+    tool.main(argv)
+    report = json.loads((tmp_path / 'out' / 'benchmark.json').read_text())
+    assert {'torch', 'device', 'torch_threads', 'command'} <= set(report['meta'])
+    runs = report['sections']['models']['runs']
+    assert set(runs) == {'resnet50_synthreid', 'resnet50_triplet_synthreid'}
+    for run in runs.values():
+        assert run['status'] == 'done' and run['epochs_done'] == 1
+        for key in RUN_KEYS:
+            assert isinstance(run[key], (int, float)) and run[key] >= 0, key
+        assert 0 <= run['rank1'] <= run['rank5'] <= 1 and run['params'] > 1e6
+        assert run['train_step_mem_mib'] > 0
+    markdown = (tmp_path / 'out' / 'benchmark.md').read_text()
+    assert '| config | model | Rank-1 (%)' in markdown and 'resnet50_triplet_synthreid' in markdown
+    with Image.open(tmp_path / 'out' / 'benchmark.png') as image:
+        assert image.format == 'PNG' and image.size[0] > 400
+
+    capsys.readouterr()
+    tool.main(argv + ['--resume'])
+    assert capsys.readouterr().out.count('done in an earlier run') == 2
+    again = json.loads((tmp_path / 'out' / 'benchmark.json').read_text())['sections']['models']
+    assert again['runs'] == runs
+
+
+def test_training_budget_resumes_from_the_latest_checkpoint(tmp_path):
+    run_dir = str(tmp_path / 'run')
+    opts = TINY + ['train.max_epoch', '2', 'data.save_dir', run_dir]
+    cfg = setup_config(CONFIGS[0], opts, root=str(tmp_path / 'data'))
+
+    def stop_after_first_epoch(state):
+        raise KeyboardInterrupt
+
+    state = {}
+    with pytest.raises(KeyboardInterrupt):
+        train_for_budget(build_run(cfg, verbose=False), cfg, 2, run_dir, state,
+                         on_epoch=stop_after_first_epoch)
+    assert state['epochs_done'] == 1 and latest_checkpoint(run_dir).endswith('-1')
+
+    epochs_seen = []
+    state = {'train_s': state['train_s']}
+    train_for_budget(build_run(cfg, verbose=False), cfg, 2, run_dir, state,
+                     on_epoch=lambda s: epochs_seen.append(s['epochs_done']))
+    assert epochs_seen == [2] and state['epochs_done'] == 2
+    assert latest_checkpoint(run_dir).endswith('-2')
+    assert not os.path.exists(os.path.join(run_dir, 'model', 'model.pth.tar-1'))  # stale removed
