@@ -1,0 +1,234 @@
+"""Look at what a trained model does: ranked retrieval lists and attention maps, as PNG files.
+
+Examples::
+
+    # top-10 ranked gallery images for 20 queries of the first target dataset
+    python tools/visualize.py ranked --config-file configs/baselines/resnet50_synthreid.yaml \\
+        --weights log/resnet50_synthreid/model/model.pth.tar-12
+    # attention of the first 8 query images (a project's own maps, else Grad-CAM)
+    python tools/visualize.py attention --config-file CFG --weights W
+    # Grad-CAM at another layer, for given image files (config overrides after `--`)
+    python tools/visualize.py attention --config-file CFG --weights W --layer layer3 \\
+        --images a.jpg b.png -- data.height 128
+
+Config overrides (``KEY VALUE`` pairs) come last, as in ``tools/train.py``.
+Output goes to ``<data.save_dir>/visrank_<dataset>/`` and ``<data.save_dir>/actmap_<dataset>/``
+unless ``--output`` says otherwise.
+"""
+import argparse
+import os.path as osp
+import re
+import sys
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+warnings.filterwarnings('ignore', message='Cython evaluation')  # the host's notice on import
+import plugins  # noqa: E402  (registers synthreid and the projects)
+from plugins import visualization as V  # noqa: E402
+from plugins.launch import build_trained_model, setup_config  # noqa: E402
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+DISPLAY_HEIGHT = 256
+IMAGES_PER_ROW = 8
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split('\n', 2)[2])
+    sub = parser.add_subparsers(dest='command', required=True)
+
+    def common(p):
+        p.add_argument('--config-file', type=str, default='', help='path to config file')
+        p.add_argument('--weights', type=str, required=True, help='trained checkpoint (model.pth.tar-N)')
+        p.add_argument('--root', type=str, default='', help='path to data root')
+        p.add_argument('--output', type=str, default='', help='output folder')
+        p.add_argument('opts', default=None, nargs=argparse.REMAINDER,
+                       help='config overrides: KEY VALUE pairs, last on the line')
+
+    ranked = sub.add_parser('ranked', help='ranked retrieval lists (query + top-k gallery)',
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ranked.add_argument('--topk', type=int, default=10, help='gallery images per list')
+    ranked.add_argument('--num-queries', type=int, default=20,
+                        help='queries drawn, evenly spaced over the query set (0: all)')
+    common(ranked)
+
+    attention = sub.add_parser('attention', help='attention / Grad-CAM maps over input images',
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    attention.add_argument('--images', type=str, nargs='+', default=None,
+                           help='image files (default: the first query images of the dataset); '
+                                'end the list with -- when config overrides follow')
+    attention.add_argument('--num-images', type=int, default=8,
+                           help='query images used when --images is not given')
+    attention.add_argument('--layer', type=str, default=None,
+                           help='Grad-CAM target layer, a dotted module name (default: last conv layer)')
+    common(attention)
+    args = parser.parse_args(argv)
+    if args.opts and args.opts[0] == '--':
+        args.opts = args.opts[1:]
+    return args
+
+
+def load(args):
+    """Config, then the model with the weights loaded strictly (eval mode), and its data manager."""
+    if not osp.isfile(args.weights):
+        raise UserError('Weights file not found: "{}"'.format(args.weights))
+    try:
+        cfg = setup_config(args.config_file, args.opts, root=args.root)
+    except (KeyError, TypeError, ValueError, FileNotFoundError) as err:
+        raise UserError('Config error: {}'.format(err.args[0] if err.args else err)) from None
+    try:
+        model, datamanager = build_trained_model(cfg, args.weights)
+    except (FileNotFoundError, ValueError, KeyError) as err:
+        raise UserError(err.args[0] if err.args else str(err)) from None
+    if cfg.use_gpu:
+        model = model.cuda()
+    return cfg, model, datamanager
+
+
+def device_of(model):
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device('cpu')
+
+
+@torch.no_grad()
+def extract_features(model, loader, cfg):
+    """Eval-mode features of a test loader (video tracklets pooled as torchreid does)."""
+    model.eval()
+    device, feats = device_of(model), []
+    for batch in loader:
+        imgs = batch['img'].to(device)
+        if imgs.dim() == 5:  # video: (b, s, c, h, w)
+            b, s = imgs.shape[:2]
+            f = V._first_tensor(model(imgs.flatten(0, 1))).view(b, s, -1)
+            f = f.mean(1) if cfg.video.pooling_method == 'avg' else f.max(1)[0]
+        else:
+            f = V._first_tensor(model(imgs))
+        feats.append(f.flatten(1).float().cpu())
+    return torch.cat(feats, 0)
+
+
+def run_ranked(args):
+    from torchreid.reid.metrics import compute_distance_matrix
+
+    if args.topk < 1:
+        raise UserError('--topk must be at least 1')
+    cfg, model, dm = load(args)
+    if cfg.test.dist_metric not in ('euclidean', 'cosine'):
+        raise UserError('test.dist_metric must be "euclidean" or "cosine", got {!r}'.format(
+            cfg.test.dist_metric))
+    target = cfg.data.targets[0]
+    query, gallery = dm.fetch_test_loaders(target)
+    print('Extracting features of {} ({} query, {} gallery images) ...'.format(
+        target, len(query), len(gallery)))
+    qf = extract_features(model, dm.test_loader[target]['query'], cfg)
+    gf = extract_features(model, dm.test_loader[target]['gallery'], cfg)
+    if cfg.test.normalize_feature:
+        qf, gf = F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1)
+    distmat = compute_distance_matrix(qf, gf, cfg.test.dist_metric).numpy()
+    cmc, mAP = plugins.evaluate_rank(distmat, np.asarray([q[1] for q in query]),
+                                     np.asarray([g[1] for g in gallery]),
+                                     np.asarray([q[2] for q in query]),
+                                     np.asarray([g[2] for g in gallery]))
+    print('{} ({} distance{}): Rank-1 {:.1%}, mAP {:.1%}'.format(
+        target, cfg.test.dist_metric, ', normalised features' if cfg.test.normalize_feature else '',
+        cmc[0], mAP))
+    out_dir = args.output or osp.join(cfg.data.save_dir, 'visrank_' + target)
+    written = V.save_ranked_results(distmat, query, gallery, out_dir, topk=args.topk,
+                                    max_queries=args.num_queries or None,
+                                    width=DISPLAY_HEIGHT // 2, height=DISPLAY_HEIGHT)
+    print('Wrote {} ranked lists (top-{}) to "{}"'.format(len(written), args.topk, out_dir))
+    return written
+
+
+def _looks_like_config_key(path):
+    return (not osp.exists(path) and not path.lower().endswith(IMAGE_EXTENSIONS)
+            and re.match(r'^[A-Za-z_]+(\.[A-Za-z_0-9]+)+$', path) is not None)
+
+
+def run_attention(args):
+    from PIL import Image
+
+    if args.images:
+        for path in args.images:
+            if _looks_like_config_key(path):
+                raise UserError('Cannot read image file "{}": no such file (config overrides after '
+                                '--images must follow "--")'.format(path))
+            if not osp.isfile(path):
+                raise UserError('Cannot read image file "{}": no such file'.format(path))
+    elif args.num_images < 1:
+        raise UserError('--num-images must be at least 1')
+    cfg, model, dm = load(args)
+    target = cfg.data.targets[0]
+    if args.images:
+        paths = list(args.images)
+    else:
+        query = dm.fetch_test_loaders(target)[0]
+        paths = [V._image_path(q) for q in query[:args.num_images]]
+    try:
+        originals = [V.read_rgb(p) for p in paths]
+    except ValueError as err:
+        raise UserError(err.args[0]) from None
+    batch = torch.stack([dm.preprocess_pil_img(Image.fromarray(img)) for img in originals])
+    batch = batch.to(device_of(model))
+    registered = cfg.model.name in V.ATTENTION_MAPS
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        try:
+            if registered:
+                maps = V.attention_maps(cfg.model.name, model, batch, target_layer=args.layer)
+                titles = {name: [name] * len(paths) for name in maps}
+                source = 'registered attention maps ({})'.format(', '.join(maps))
+            else:
+                cam, info = V.grad_cam(model, batch, target_layer=args.layer, return_info=True)
+                maps = {'grad_cam': cam}
+                titles = {'grad_cam': ['{} {}'.format(
+                    info['layer'], 'cls {}'.format(c) if info['classes'] is not None else '|f|')
+                    for c in (info['classes'].tolist() if info['classes'] is not None
+                              else [None] * len(paths))]}
+                source = 'Grad-CAM at {} ({})'.format(info['layer'], 'argmax class' if
+                                                      info['classes'] is not None
+                                                      else 'feature-norm score')
+        except ValueError as err:
+            raise UserError(err.args[0]) from None
+    for w in caught:
+        if 'grad_cam' in str(w.message):
+            print('Note: {}'.format(w.message))
+    entries = []  # per image: the original, then one overlay per map
+    for i, (path, img) in enumerate(zip(paths, originals)):
+        shown = V.resize_to_height(img, DISPLAY_HEIGHT)
+        entries.append([(osp.basename(path), shown)] +
+                       [(titles[name][i], V.overlay(shown, m[i])) for name, m in maps.items()])
+    # several images side by side per grid row, about IMAGES_PER_ROW cells wide
+    per_row = max(1, IMAGES_PER_ROW // len(entries[0]))
+    rows = [sum(entries[i:i + per_row], []) for i in range(0, len(entries), per_row)]
+    out_dir = args.output or osp.join(cfg.data.save_dir, 'actmap_' + target)
+    out = V.save_grid(rows, osp.join(out_dir, 'attention_{}.png'.format(cfg.model.name)))
+    print('{}: {} for {} images: "{}"'.format(cfg.model.name, source, len(paths), out))
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        if args.command == 'ranked':
+            run_ranked(args)
+        else:
+            run_attention(args)
+    except UserError as err:
+        sys.exit('Error: {}'.format(err))
+
+
+if __name__ == '__main__':
+    main()
