@@ -21,5 +21,13 @@ from .models import MODELS, available_models, build_model, register_model
 from .registry import Registry
 from .samplers import SAMPLERS, register_sampler, set_sampler_options
 
+__all__ = [
+    'AdversarialStepHook', 'CONFIG_NODES', 'CriticUpdateHook', 'ENGINES', 'HOOKS', 'Hook', 'LossTerm',
+    'MODELS', 'PluginEngine', 'Registry', 'SAMPLERS', 'TeacherDistillationHook', 'available_models',
+    'build_engine', 'build_model', 'evaluate_rank', 'get_default_config', 'install_host_fixes',
+    'load_projects', 'merge_from_file', 'register_config', 'register_engine', 'register_hook',
+    'register_model', 'register_sampler', 'set_sampler_options',
+]
+
 install_host_fixes()
 load_projects()

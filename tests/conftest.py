@@ -1,4 +1,10 @@
-"""Shared test fixtures: a tiny torchreid-contract network and a stand-in data manager."""
+"""Shared test helpers: a tiny torchreid-contract network, a stand-in data manager,
+tiny synthreid options and a way to run the tools as a user does."""
+import importlib.util
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn as nn
@@ -47,3 +53,28 @@ def changed(before, module):
     """Names of the floating-point parameters/buffers of ``module`` that differ from ``before``."""
     after = module.state_dict()
     return {k for k, v in before.items() if v.is_floating_point() and not torch.equal(v, after[k])}
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# config overrides that make a synthreid dataset of a few dozen 32x16 images
+TINY_SYNTHREID = ['synthreid.num_train_ids', '6', 'synthreid.num_test_ids', '5',
+                  'synthreid.num_cams', '3', 'synthreid.cams_per_id', '[2, 3]',
+                  'synthreid.images_per_id_per_cam', '[2, 3]', 'synthreid.num_distractors', '6',
+                  'synthreid.num_junk', '3', 'synthreid.height', '32', 'synthreid.width', '16']
+
+
+def run_tool(name, *args, cwd, timeout=600):
+    """Run ``tools/<name>.py`` in a subprocess; returns (exit code, stdout + stderr)."""
+    proc = subprocess.run([sys.executable, os.path.join(REPO, 'tools', name + '.py'), *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def load_tool(name):
+    """Import ``tools/<name>.py`` as a module, to call its ``main`` in-process."""
+    spec = importlib.util.spec_from_file_location('tool_' + name,
+                                                  os.path.join(REPO, 'tools', name + '.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

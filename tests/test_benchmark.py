@@ -1,5 +1,4 @@
 """tools/benchmark.py's models section on a tiny generated dataset."""
-import importlib.util
 import json
 import os
 
@@ -8,29 +7,18 @@ from PIL import Image
 
 from plugins.benchmarking import latest_checkpoint, train_for_budget
 from plugins.launch import build_run, setup_config
+from tests.conftest import REPO, TINY_SYNTHREID, load_tool
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = [os.path.join(REPO, 'configs', 'baselines', name)
            for name in ('resnet50_synthreid.yaml', 'resnet50_triplet_synthreid.yaml')]
-TINY = ['synthreid.num_train_ids', '8', 'synthreid.num_test_ids', '5', 'synthreid.num_cams', '3',
-        'synthreid.cams_per_id', '[2, 3]', 'synthreid.images_per_id_per_cam', '[2, 3]',
-        'synthreid.num_distractors', '6', 'synthreid.num_junk', '3', 'synthreid.height', '32',
-        'synthreid.width', '16', 'data.height', '32', 'data.width', '16', 'data.workers', '0',
-        'train.batch_size', '8', 'test.batch_size', '16', 'model.name', 'resnet18']
+TINY = TINY_SYNTHREID + ['data.height', '32', 'data.width', '16', 'data.workers', '0',
+                         'train.batch_size', '8', 'test.batch_size', '16', 'model.name', 'resnet18']
 RUN_KEYS = ('rank1', 'rank5', 'mAP', 'mINP', 'train_s', 'train_img_s', 'params', 'gflops',
             'train_step_s', 'train_step_mem_mib', 'infer_torch_img_s', 'infer_onnx_img_s', 'eval_s')
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location('benchmark_tool',
-                                                  os.path.join(REPO, 'tools', 'benchmark.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_models_section_writes_every_figure_and_resumes(tmp_path, capsys):
-    tool = load_tool()
+    tool = load_tool('benchmark')
     argv = ['--sections', 'models', '--configs', *CONFIGS, '--epochs', '1', '--root',
             str(tmp_path / 'data'), '--out-dir', str(tmp_path / 'out'), '--opts', *TINY]
     tool.main(argv)

@@ -1,24 +1,15 @@
 """tools/train.py as a user runs it, on a tiny generated synthreid dataset."""
 import os
 import re
-import subprocess
-import sys
 
-import pytest
+from tests.conftest import REPO, TINY_SYNTHREID, run_tool
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_DATA = ['synthreid.num_train_ids', '6', 'synthreid.num_test_ids', '5', 'synthreid.num_cams', '3',
-             'synthreid.cams_per_id', '[2, 3]', 'synthreid.images_per_id_per_cam', '[2, 3]',
-             'synthreid.num_distractors', '6', 'synthreid.num_junk', '3',
-             'synthreid.height', '32', 'synthreid.width', '16']
 FAST = ['data.height', '32', 'data.width', '16', 'data.workers', '0', 'train.batch_size', '8',
         'test.batch_size', '16', 'train.print_freq', '1']
 
 
 def train(*args, cwd):
-    proc = subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'train.py'), *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=600)
-    return proc.returncode, proc.stdout + proc.stderr
+    return run_tool('train', *args, cwd=cwd)
 
 
 def metrics(output):
@@ -29,7 +20,7 @@ def metrics(output):
 
 def test_train_evaluate_resume_and_test_only(tmp_path):
     root, save = str(tmp_path / 'data'), str(tmp_path / 'log')
-    common = ['--root', root, *TINY_DATA, *FAST, 'data.save_dir', save,
+    common = ['--root', root, *TINY_SYNTHREID, *FAST, 'data.save_dir', save,
               'data.sources', 'synthreid', 'data.targets', 'synthreid']
     code, out = train('--config-file', os.path.join(REPO, 'configs/baselines/resnet50_synthreid.yaml'),
                       *common, 'model.name', 'resnet18', 'train.max_epoch', '2', cwd=tmp_path)
@@ -65,13 +56,13 @@ def test_upstream_config_runs_unchanged_with_only_the_dataset_overridden(tmp_pat
     env_home = str(tmp_path / 'torch_home')
     monkeypatch.setenv('TORCH_HOME', env_home)
     code, out = train('--config-file', str(config), '-s', 'synthreid', '-t', 'synthreid',
-                      '--root', str(tmp_path / 'data'), *TINY_DATA, 'data.workers', '0', cwd=tmp_path)
+                      '--root', str(tmp_path / 'data'), *TINY_SYNTHREID, 'data.workers', '0', cwd=tmp_path)
     assert code != 0
     assert 'resnet50-19c8e357.pth' in out and env_home in out and 'model.pretrained False' in out
     assert 'Traceback' not in out  # a user error, not a crash
 
     code, out = train('--config-file', str(config), '-s', 'synthreid', '-t', 'synthreid',
-                      '--root', str(tmp_path / 'data'), *TINY_DATA, *FAST, 'model.pretrained', 'False',
+                      '--root', str(tmp_path / 'data'), *TINY_SYNTHREID, *FAST, 'model.pretrained', 'False',
                       'train.max_epoch', '1', 'train.fixbase_epoch', '0', cwd=tmp_path)
     assert code == 0, out
     assert 0 <= metrics(out)[0] <= 100

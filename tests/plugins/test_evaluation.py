@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import os
 import warnings
@@ -7,9 +6,11 @@ import numpy as np
 import pytest
 
 from plugins import evaluation
+from plugins.benchmarking import load_pristine_host_rank
 from plugins.evaluation import (
     eval_cuhk03, evaluate_rank, evaluate_rank_full, patch_host_cuhk03_metric
 )
+from tests.conftest import load_tool
 
 with warnings.catch_warnings():
     warnings.simplefilter('ignore')  # torchreid warns that its Cython metric is missing
@@ -17,17 +18,7 @@ with warnings.catch_warnings():
     from torchreid.reid.metrics import rank as live_rank
 
 
-def load_pristine_rank_module():
-    """A fresh copy of torchreid's rank.py: importing ``plugins`` patches the live one."""
-    spec = importlib.util.spec_from_file_location('_pristine_rank', live_rank.__file__)
-    module = importlib.util.module_from_spec(spec)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        spec.loader.exec_module(module)
-    return module
-
-
-host_rank = load_pristine_rank_module()
+host_rank = load_pristine_host_rank()
 assert host_rank.eval_cuhk03 is not eval_cuhk03
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -226,9 +217,7 @@ def test_patch_host_cuhk03_metric(monkeypatch):
 
 
 def test_benchmark_evaluation_section(tmp_path):
-    spec = importlib.util.spec_from_file_location('benchmark', os.path.join(REPO_ROOT, 'tools', 'benchmark.py'))
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_tool('benchmark')
 
     benchmark.main(['--sections', 'evaluation', '--num-query', '60', '--num-gallery', '500',
                     '--out-dir', str(tmp_path)])

@@ -3,11 +3,8 @@
 Parity, dynamic batch, training-only weights, metadata, fp16 and the CLI.
 """
 import copy
-import importlib.util
 import os
 import re
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -26,7 +23,7 @@ from plugins.export import (FP16_RTOL, FP32_RTOL, ExportError, ExportParityError
                             OnnxFeatureExtractor, check_parity, export_onnx, read_metadata,
                             training_only_initializers, training_only_parameters)
 from plugins.launch import build_datamanager, setup_config
-from tests.test_train_e2e import TINY_DATA
+from tests.conftest import TINY_SYNTHREID, load_tool, run_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, 'configs', 'baselines', 'resnet50_synthreid.yaml')
@@ -242,14 +239,12 @@ def test_fp16_export_within_tolerance(exported, tmp_path):
 
 
 def run_cli(*args, cwd):
-    proc = subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'export_onnx.py'), *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=300)
-    return proc.returncode, proc.stdout + proc.stderr
+    return run_tool('export_onnx', *args, cwd=cwd)
 
 
 def test_cli_exports_checks_parity_and_reports_bad_weights(tmp_path, capsys):
     root, save = str(tmp_path / 'data'), str(tmp_path / 'log')
-    opts = [*TINY_DATA, 'data.height', str(H), 'data.width', str(W), 'data.workers', '0',
+    opts = [*TINY_SYNTHREID, 'data.height', str(H), 'data.width', str(W), 'data.workers', '0',
             'test.batch_size', '8', 'model.name', 'resnet18', 'data.save_dir', save]
     cfg = setup_config(CONFIG, opts, root=root)
     datamanager = build_datamanager(cfg)  # generates the tiny dataset; gives the class count
@@ -279,10 +274,7 @@ def test_cli_exports_checks_parity_and_reports_bad_weights(tmp_path, capsys):
     assert code != 0 and missing in out and 'Traceback' not in out
 
     # The other failures in-process (each subprocess start costs seconds).
-    spec = importlib.util.spec_from_file_location('export_onnx_cli',
-                                                  os.path.join(REPO, 'tools', 'export_onnx.py'))
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_tool('export_onnx')
 
     def fails(*args):
         with pytest.raises(SystemExit) as exit_info:

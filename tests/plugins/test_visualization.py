@@ -1,8 +1,5 @@
 """Grad-CAM, the attention-map registry, PNG overlays/grids/ranked lists and tools/visualize.py."""
-import importlib.util
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +13,7 @@ from plugins import visualization as V
 from plugins.datasets import synthreid
 from plugins.launch import build_datamanager, setup_config
 from plugins.models import build_model
-from tests.conftest import snapshot
+from tests.conftest import TINY_SYNTHREID, load_tool, run_tool, snapshot
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -380,18 +377,12 @@ def test_unreadable_image_names_the_file(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # tools/visualize.py end to end
 # ---------------------------------------------------------------------------------------------
-TINY_DATA = ['synthreid.num_train_ids', '6', 'synthreid.num_test_ids', '5', 'synthreid.num_cams', '3',
-             'synthreid.cams_per_id', '[2, 3]', 'synthreid.images_per_id_per_cam', '[2, 3]',
-             'synthreid.num_distractors', '6', 'synthreid.num_junk', '3',
-             'synthreid.height', '32', 'synthreid.width', '16']
 FAST = ['data.height', '64', 'data.width', '32', 'data.workers', '0', 'test.batch_size', '16',
         'model.name', 'resnet18']
 
 
 def visualize(*args, cwd):
-    proc = subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'visualize.py'), *args],
-                          cwd=cwd, capture_output=True, text=True, timeout=300)
-    return proc.returncode, proc.stdout + proc.stderr
+    return run_tool('visualize', *args, cwd=cwd, timeout=300)
 
 
 def pngs(folder):
@@ -405,7 +396,7 @@ def pngs(folder):
 def test_cli_ranked_and_attention_end_to_end(tmp_path):
     config = os.path.join(REPO, 'configs/baselines/resnet50_synthreid.yaml')
     root = str(tmp_path / 'data')
-    opts = [*TINY_DATA, *FAST, 'data.save_dir', str(tmp_path / 'log')]
+    opts = [*TINY_SYNTHREID, *FAST, 'data.save_dir', str(tmp_path / 'log')]
     saved_spec = synthreid.current_spec()
     try:
         run_cli(tmp_path, config, root, opts)
@@ -450,7 +441,7 @@ def run_cli(tmp_path, config, root, opts):
                           *opts, cwd=tmp_path)
     assert code != 0 and "Error: Unknown target layer 'layer9'" in out and 'layer4' in out
     assert 'Traceback' not in out
-    cli = load_cli()
+    cli = load_tool('visualize')
     for command, args, message in [
         ('attention', ['--images', str(tmp_path / 'missing.jpg'), '--', *opts], 'missing.jpg'),
         ('attention', ['--images', weights, '--', *opts], 'Cannot read image file "{}"'.format(weights)),
@@ -465,9 +456,3 @@ def run_cli(tmp_path, config, root, opts):
     assert 'Weights file not found' in exit_info.value.code and 'nope.pth' in exit_info.value.code
 
 
-def load_cli():
-    spec = importlib.util.spec_from_file_location('visualize_cli',
-                                                  os.path.join(REPO, 'tools', 'visualize.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
