@@ -25,5 +25,7 @@ setup(
     ],
     extras_require={'test': ['pytest>=7']},
     # Each project adds one line here: '<name> = projects.<name>'.
-    entry_points={'torchreid_plugins': []},
+    entry_points={'torchreid_plugins': [
+        'apinet = projects.apinet',
+    ]},
 )

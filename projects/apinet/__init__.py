@@ -1,0 +1,25 @@
+"""API-Net (Attentive Pairwise Interaction, Zhuang et al., AAAI 2020) for person re-identification.
+
+Registers, through ``plugins`` only:
+
+* models ``apinet_resnet50`` and ``apinet_resnet101`` (:mod:`.model`);
+* engine ``apinet`` (:mod:`.engine`): pair mining, pair losses, optional triplet + BNNeck ID loss;
+* config node ``apinet`` (:mod:`.config`);
+* benchmark section ``apinet`` (:mod:`.benchmark`): pair construction against the loop
+  reference, and the train-step cost against torchreid's ResNet-50.
+
+See ``projects/apinet/README.md``.
+"""
+import plugins
+from plugins.benchmarking import register_benchmark
+
+from . import benchmark
+from .config import add_apinet_config
+from .engine import build_apinet_engine
+from .model import apinet_resnet50, apinet_resnet101
+
+plugins.register_model('apinet_resnet50', apinet_resnet50)
+plugins.register_model('apinet_resnet101', apinet_resnet101)
+plugins.register_engine('apinet', build_apinet_engine)
+plugins.register_config('apinet', add_apinet_config)
+register_benchmark('apinet', benchmark.run, benchmark.markdown)
