@@ -23,9 +23,9 @@ torchreid's model contract holds: eval -> features; training -> logits
 """
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from plugins.backbones import ResNetTrunk
+from plugins.heads import ReIDHead
 
 
 def gate_vectors(x_m, x_1, x_2):
@@ -79,30 +79,6 @@ class AttentivePairInteraction(nn.Module):
         return pairwise_interaction(x_1, x_2, g_1, g_2)
 
 
-class BNNeck(nn.BatchNorm1d):
-    """BatchNorm1d whose bias is fixed at zero (Luo et al., "Bag of Tricks", BNNeck).
-
-    The bias is a buffer, not a parameter, so it stays frozen even when
-    torchreid's ``open_all_layers`` sets ``requires_grad`` on every parameter.
-    """
-
-    def __init__(self, dim):
-        super().__init__(dim)
-        del self.bias
-        self.register_buffer('bias', torch.zeros(dim))
-
-    def batch_normalise(self, x):
-        """What ``forward`` returns for ``x`` in the current mode, without touching the running stats.
-
-        In training mode this normalises with ``x``'s own batch statistics, as
-        ``forward`` did when it produced ``x``'s neck feature; the running
-        estimates are not updated a second time.
-        """
-        if not self.training:
-            return self(x)
-        return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
-
-
 class APINet(nn.Module):
     """API-Net with a ResNet trunk, adapted to ReID (see the package README).
 
@@ -124,49 +100,24 @@ class APINet(nn.Module):
         pretrained (bool), pretrained_path (str): ImageNet weights from a local file.
     """
 
-    EVAL_FEATURES = ('pooled', 'bnneck')
-
     def __init__(self, num_classes, loss='softmax', depth='resnet50', last_stride=1, bnneck=True,
                  eval_feature='pooled', mutual_hidden=512, dropout=0.5, pretrained=False,
                  pretrained_path=''):
         super().__init__()
-        if loss not in ('softmax', 'triplet'):
-            raise KeyError("Unsupported loss: {!r} (API-Net supports 'softmax' and 'triplet')".format(
-                loss))
-        if eval_feature not in self.EVAL_FEATURES:
-            raise ValueError('eval_feature must be one of {}, got {!r}'.format(
-                self.EVAL_FEATURES, eval_feature))
-        self.loss = loss
-        self.eval_feature = eval_feature
         self.trunk = ResNetTrunk(depth, last_stride=last_stride, pretrained=pretrained,
                                  pretrained_path=pretrained_path)
         self.feature_dim = dim = self.trunk.out_channels
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.neck = BNNeck(dim) if bnneck else nn.Identity()
+        self.head = ReIDHead(dim, num_classes, loss, bnneck=bnneck, dropout=dropout,
+                             classifier_bias=True, eval_feature=eval_feature)
         self.api = AttentivePairInteraction(dim, mutual_hidden, dropout)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, num_classes))
-        nn.init.normal_(self.classifier[1].weight, std=0.001)
-        nn.init.zeros_(self.classifier[1].bias)
 
     def forward(self, x, return_featuremaps=False):
         maps = self.trunk(x)
-        if return_featuremaps:
-            return maps
-        pooled = self.pool(maps).flatten(1)
-        if not self.training:
-            return self.neck(pooled) if self.eval_feature == 'bnneck' else pooled
-        logits = self.classifier(self.neck(pooled))
-        return logits if self.loss == 'softmax' else (logits, pooled)
+        return maps if return_featuremaps else self.head(maps)
 
     def neck_features(self, pooled):
-        """The classifier-input features of a training output's pooled features.
-
-        Recomputes the neck exactly as ``forward`` applied it (batch statistics in
-        training mode) without updating BatchNorm's running statistics again.
-        """
-        if isinstance(self.neck, BNNeck):
-            return self.neck.batch_normalise(pooled)
-        return self.neck(pooled)
+        """The classifier-input features of a training output's pooled features (no BN stat update)."""
+        return self.head.neck_features(pooled)
 
     def pair_logits(self, features, anchor, partner):
         """Shared-classifier logits of the four attentive features of every pair.
@@ -182,8 +133,8 @@ class APINet(nn.Module):
             ``x^self`` (eq. 3), ``other_logits`` from ``x^other`` (eq. 4).
         """
         x1_self, x1_other, x2_self, x2_other = self.api(features[anchor], features[partner])
-        self_logits = self.classifier(torch.cat([x1_self, x2_self]))
-        other_logits = self.classifier(torch.cat([x1_other, x2_other]))
+        self_logits = self.head.classifier(torch.cat([x1_self, x2_self]))
+        other_logits = self.head.classifier(torch.cat([x1_other, x2_other]))
         return self_logits, other_logits
 
 

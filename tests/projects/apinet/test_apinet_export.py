@@ -30,9 +30,9 @@ def test_export_parity_and_no_api_module_in_the_graph(tmp_path, eval_feature):
     # the API module and the classifier are training-only, and none of them is in the graph
     example = torch.randn(2, 3, 32, 16)
     training_only = set(training_only_parameters(model, example))
-    assert {'api.mutual.0.weight', 'api.mutual.2.weight', 'classifier.1.weight'} <= training_only
+    assert {'api.mutual.0.weight', 'api.mutual.2.weight', 'head.classifier.1.weight'} <= training_only
     assert not any(name.startswith('trunk.') for name in training_only)
-    assert ('neck.weight' in training_only) == (eval_feature == 'pooled')
+    assert ('head.neck.weight' in training_only) == (eval_feature == 'pooled')
     assert training_only_initializers(model, path, example) == []
     graph = onnx.load(path).graph
     api_shapes = {tuple(p.shape) for p in model.api.parameters() if p.dim() == 2}

@@ -4,11 +4,10 @@ import pytest
 import torch
 import torch.nn as nn
 import torchreid
-from torchreid.reid.utils import open_all_layers
 
 import plugins
 from projects.apinet.losses import mine_pairs, pair_cross_entropy, score_ranking_loss
-from projects.apinet.model import (APINet, AttentivePairInteraction, BNNeck, gate_vectors,
+from projects.apinet.model import (APINet, AttentivePairInteraction, gate_vectors,
                                    pairwise_interaction)
 
 
@@ -91,20 +90,20 @@ def test_inference_is_the_pooled_feature_and_ignores_the_pair(model, variant):
     model.eval()
     with torch.no_grad():
         feature = model(x)
-        pooled = model.pool(model.trunk(x)).flatten(1)
+        pooled = model.head.pool(model.trunk(x)).flatten(1)
         assert torch.equal(feature, pooled)
         saved = {k: v.clone() for k, v in model.api.state_dict().items()}
         for p in model.api.parameters():
             p.add_(torch.randn_like(p))
         assert torch.equal(model(x), feature)  # the pair path does not run in eval mode
         model.api.load_state_dict(saved)
-        model.eval_feature = 'bnneck'  # BoT's "after BN" retrieval feature
+        model.head.eval_feature = 'bnneck'  # BoT's "after BN" retrieval feature
         try:
-            assert torch.equal(model(x), model.neck(pooled))
+            assert torch.equal(model(x), model.head.neck(pooled))
         finally:
-            model.eval_feature = 'pooled'
+            model.head.eval_feature = 'pooled'
         variant.eval()
-        assert torch.equal(variant(x), variant.pool(variant.trunk(x)).flatten(1))
+        assert torch.equal(variant(x), variant.head.pool(variant.trunk(x)).flatten(1))
     with pytest.raises(ValueError, match='eval_feature'):
         APINet(6, eval_feature='after')
 
@@ -115,7 +114,7 @@ def test_pair_logits_and_the_engine_pair_outputs(model):
     model.eval()  # no dropout: exact comparisons
     pids = torch.tensor([0, 0, 1, 1, 2, 2, 2, 3])  # identity 3 has a single image
     with torch.no_grad():
-        pooled = model.pool(model.trunk(images(seed=3))).flatten(1)
+        pooled = model.head.pool(model.trunk(images(seed=3))).flatten(1)
         features = model.neck_features(pooled)
         batch = {'pid': pids}
         engine = type('Engine', (), {'model': model})()
@@ -124,7 +123,7 @@ def test_pair_logits_and_the_engine_pair_outputs(model):
         pairs = mine_pairs(features, pids)
         x1_self, x1_other, x2_self, x2_other = model.api(features[pairs.anchor],
                                                          features[pairs.partner])
-        fc = model.classifier
+        fc = model.head.classifier
         assert torch.allclose(out.self_logits, fc(torch.cat([x1_self, x2_self])))
         assert torch.allclose(out.other_logits, fc(torch.cat([x1_other, x2_other])))
     assert out.self_logits.shape == (32, 6)  # 2B pairs x (anchor, partner)
@@ -157,27 +156,11 @@ def test_gradients_reach_the_api_mlp_the_bnneck_and_the_trunk(model):
     loss = (pair_cross_entropy(self_logits, other_logits, labels, valid)
             + score_ranking_loss(self_logits, other_logits, labels, valid))
     loss.backward()
-    for name in ('api.mutual.0.weight', 'api.mutual.2.weight', 'classifier.1.weight',
-                 'neck.weight', 'trunk.stem.0.weight', 'trunk.stages.3.2.conv3.weight'):
+    for name in ('api.mutual.0.weight', 'api.mutual.2.weight', 'head.classifier.1.weight',
+                 'head.neck.weight', 'trunk.stem.0.weight', 'trunk.stages.3.2.conv3.weight'):
         grad = dict(model.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
-    assert 'neck.bias' not in dict(model.named_parameters())  # frozen bias
-
-
-def test_bnneck_recomputation_matches_forward_and_keeps_running_stats():
-    neck = BNNeck(4).train()
-    x = torch.randn(6, 4)
-    out = neck(x)
-    stats = (neck.running_mean.clone(), neck.running_var.clone())
-    assert torch.allclose(neck.batch_normalise(x), out, atol=1e-6)
-    assert torch.equal(neck.running_mean, stats[0]) and torch.equal(neck.running_var, stats[1])
-    neck.eval()
-    assert torch.equal(neck.batch_normalise(x), neck(x))
-    holder = nn.Module()
-    holder.neck = neck
-    open_all_layers(holder)  # what torchreid's engine does every epoch
-    assert [name for name, _ in neck.named_parameters()] == ['weight']
-    assert torch.equal(neck.bias, torch.zeros(4))
+    assert model.head.neck.bias.grad is None  # frozen bias
 
 
 def test_models_engine_config_and_benchmark_are_registered():
