@@ -27,5 +27,6 @@ setup(
     # Each project adds one line here: '<name> = projects.<name>'.
     entry_points={'torchreid_plugins': [
         'apinet = projects.apinet',
+        'rga = projects.rga',
     ]},
 )

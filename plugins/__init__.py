@@ -20,11 +20,12 @@ from .host_fixes import install_host_fixes
 from .models import MODELS, available_models, build_model, register_model
 from .registry import Registry
 from .samplers import SAMPLERS, register_sampler, set_sampler_options
+from .schedulers import build_lr_scheduler
 
 __all__ = [
     'AdversarialStepHook', 'CONFIG_NODES', 'CriticUpdateHook', 'ENGINES', 'HOOKS', 'Hook', 'LossTerm',
     'MODELS', 'PluginEngine', 'Registry', 'SAMPLERS', 'TeacherDistillationHook', 'available_models',
-    'build_engine', 'build_model', 'evaluate_rank', 'get_default_config', 'install_host_fixes',
+    'build_engine', 'build_lr_scheduler', 'build_model', 'evaluate_rank', 'get_default_config', 'install_host_fixes',
     'load_projects', 'merge_from_file', 'register_config', 'register_engine', 'register_hook',
     'register_model', 'register_sampler', 'set_sampler_options',
 ]

@@ -53,6 +53,29 @@ def pk_batch(batch_size, height, width, num_classes, device, num_instances=4):
             'pid': pids.to(device), 'camid': torch.zeros(batch_size, dtype=torch.long)}
 
 
+class NoData:
+    """What torchreid's ``Engine`` reads from a data manager, for steps on a fixed batch."""
+
+    def __init__(self, num_train_pids):
+        self.train_loader, self.test_loader, self.sources = [], {}, []
+        self.num_train_pids = num_train_pids
+
+
+def step_engine(model, num_classes, engine_name='triplet', use_gpu=False):
+    """A registered engine around ``model`` (CE + triplet at weight 1, SGD) for timing single steps."""
+    from .config import get_default_config
+    from .engine import build_engine
+
+    cfg = get_default_config()
+    cfg.use_gpu = use_gpu
+    cfg.engine.name = engine_name
+    cfg.loss.name = 'triplet'
+    cfg.loss.triplet.weight_t = 1.0
+    cfg.loss.triplet.weight_x = 1.0
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    return build_engine(cfg, NoData(num_classes), model, optimizer, None)
+
+
 def _proc_status_mib(field):
     with open('/proc/self/status') as f:
         for line in f:

@@ -131,6 +131,8 @@ def _plugin_defaults(cfg):
     """Keys the plugin layer adds for every run, whatever the project."""
     cfg.model.pretrained_path = ''  # local ImageNet weights file, or a folder holding it
     cfg.test.visactmap = False  # read by older upstream YAMLs only; activation maps: tools/visualize.py
+    cfg.train.warmup_epochs = 0  # linear LR warm-up epochs before train.lr_scheduler (0: none)
+    cfg.train.warmup_factor = 0.01  # warm-up starts at warmup_factor * train.lr
     cfg.sampler.pos_ratio = 0.5  # PairwiseSampler: fraction of positive pairs in a batch
     cfg.sampler.camera_aware = True  # PairwiseSampler: positives from different cameras if possible
 
@@ -342,6 +344,8 @@ def lr_scheduler_kwargs(cfg):
         'stepsize': cfg.train.stepsize,
         'gamma': cfg.train.gamma,
         'max_epoch': cfg.train.max_epoch,
+        'warmup_epochs': cfg.train.warmup_epochs,
+        'warmup_factor': cfg.train.warmup_factor,
     }
 
 

@@ -17,6 +17,7 @@ from .datasets import synthreid
 from .engine import build_engine
 from .models import build_model
 from .samplers import set_sampler_options
+from .schedulers import build_lr_scheduler
 
 
 def setup_config(config_file='', opts=(), root='', sources=None, targets=None, transforms=None):
@@ -92,7 +93,7 @@ def build_run(cfg, verbose=True):
     if cfg.use_gpu:
         model = model.cuda()
     optimizer = host_optim.build_optimizer(model, **C.optimizer_kwargs(cfg))
-    scheduler = host_optim.build_lr_scheduler(optimizer, **C.lr_scheduler_kwargs(cfg))
+    scheduler = build_lr_scheduler(optimizer, **C.lr_scheduler_kwargs(cfg))
     engine = build_engine(cfg, datamanager, model, optimizer, scheduler)
     if cfg.model.resume:
         cfg.train.start_epoch = engine.resume(cfg.model.resume)

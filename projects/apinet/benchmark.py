@@ -18,7 +18,7 @@ Times are medians of :func:`plugins.benchmarking.median_time`.
 import torch
 
 import plugins
-from plugins.benchmarking import median_time, pk_batch
+from plugins.benchmarking import median_time, pk_batch, step_engine
 
 from .losses import (mine_pairs, pairwise_sq_distances, reference_pairs_loop,
                      reference_select_loop, select_pairs)
@@ -59,32 +59,12 @@ def bench_pairs(batch_size, seed=0, dim=FEATURE_DIM, num_instances=NUM_INSTANCES
     return result
 
 
-class _NoData:
-    """What ``torchreid``'s ``Engine`` reads from a data manager, for a step on a fixed batch."""
-
-    def __init__(self, num_train_pids):
-        self.train_loader, self.test_loader, self.sources = [], {}, []
-        self.num_train_pids = num_train_pids
-
-
-def step_config(engine_name):
-    cfg = plugins.get_default_config()
-    cfg.use_gpu = False
-    cfg.engine.name = engine_name
-    cfg.loss.name = 'triplet'
-    cfg.loss.triplet.weight_t = 1.0
-    cfg.loss.triplet.weight_x = 1.0
-    return cfg
-
-
 def bench_train_step(model_name, extras, engine_name, steps=5, seed=0):
     """Median time of one ``forward_backward`` on a fixed PK batch (CPU)."""
     torch.manual_seed(seed)
-    cfg = step_config(engine_name)
     model = plugins.build_model(model_name, STEP_CLASSES, loss='triplet', pretrained=False,
                                 use_gpu=False, **extras)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    engine = plugins.build_engine(cfg, _NoData(STEP_CLASSES), model, optimizer, None)
+    engine = step_engine(model, STEP_CLASSES, engine_name)
     batch = pk_batch(STEP_BATCH, STEP_HEIGHT, STEP_WIDTH, STEP_CLASSES, engine.device, NUM_INSTANCES)
     engine.set_model_mode('train')
     return median_time(lambda: engine.forward_backward(batch), steps=steps, warmup=1)

@@ -121,3 +121,21 @@ def test_every_shipped_config_loads():
     for path in paths:
         cfg = merge_from_file(get_default_config(), path)
         assert cfg.model.name, path
+
+
+def test_shipped_open_layers_name_modules_of_the_model():
+    """``train.open_layers`` must name attributes of the built model (torchreid asserts it)."""
+    import glob
+    from torchreid.reid.utils import open_specified_layers
+
+    import plugins
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    checked = 0
+    for path in glob.glob(os.path.join(repo, 'configs', '**', '*.yaml'), recursive=True):
+        cfg = merge_from_file(get_default_config(), path)
+        if cfg.train.fixbase_epoch and not os.path.basename(path).startswith('_'):
+            model = plugins.build_model(cfg.model.name, 3, loss=cfg.loss.name, pretrained=False,
+                                        height=cfg.data.height, width=cfg.data.width)
+            open_specified_layers(model, cfg.train.open_layers)
+            checked += 1
+    assert checked >= 1
