@@ -28,5 +28,7 @@ setup(
     entry_points={'torchreid_plugins': [
         'apinet = projects.apinet',
         'rga = projects.rga',
+        'scal = projects.scal',
+        'casn = projects.casn',
     ]},
 )

@@ -40,6 +40,25 @@ class ResNetTrunk(nn.Module):
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
         self.out_channels = net.fc.in_features
+        self.last_stride = last_stride
+        self.stage_channels = [stage[-1].conv3.out_channels for stage in self.stages]
+
+    def output_sizes(self, height, width):
+        """(H, W) after the stem and after each of the four stages, for a ``height`` x ``width`` input.
+
+        For modules whose shapes depend on the map size (relation or spatial
+        attention): every strided layer is a 7x7/3x3 (pad 3/1) conv, a 1x1 conv
+        or a 3x3 pad-1 max-pool, so each gives ``(n - 1) // stride + 1``.
+        """
+        def down(n, stride):
+            return (n - 1) // stride + 1
+
+        h, w = down(down(height, 2), 2), down(down(width, 2), 2)  # conv1, max-pool
+        sizes = [(h, w)]
+        for stride in (1, 2, 2, self.last_stride):
+            h, w = down(h, stride), down(w, stride)
+            sizes.append((h, w))
+        return sizes
 
     def forward(self, x):
         x = self.stem(x)

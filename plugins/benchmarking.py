@@ -61,9 +61,12 @@ class NoData:
         self.num_train_pids = num_train_pids
 
 
-def step_engine(model, num_classes, engine_name='triplet', use_gpu=False):
-    """A registered engine around ``model`` (CE + triplet at weight 1, SGD) for timing single steps."""
-    from .config import get_default_config
+def step_engine(model, num_classes, engine_name='triplet', use_gpu=False, opts=()):
+    """A registered engine around ``model`` (CE + triplet at weight 1, SGD) for timing single steps.
+
+    ``opts``: config ``KEY VALUE`` overrides applied last (a project's loss weights, say).
+    """
+    from .config import get_default_config, merge_from_list
     from .engine import build_engine
 
     cfg = get_default_config()
@@ -72,6 +75,7 @@ def step_engine(model, num_classes, engine_name='triplet', use_gpu=False):
     cfg.loss.name = 'triplet'
     cfg.loss.triplet.weight_t = 1.0
     cfg.loss.triplet.weight_x = 1.0
+    merge_from_list(cfg, list(opts))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     return build_engine(cfg, NoData(num_classes), model, optimizer, None)
 

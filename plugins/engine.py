@@ -72,12 +72,20 @@ class PluginEngine(Engine):
         batch['pid'] = data['pid'].to(self.device, non_blocking=True)
         return batch
 
+    def model_outputs(self, batch):
+        """The training forward: torchreid's ``model(images)`` output.
+
+        Engines whose losses need more than the model contract's output (attention
+        maps, say) override this and keep the extras in ``batch``.
+        """
+        return self.model(batch['img'])
+
     def forward_backward(self, data):
         batch = self.parse_batch(data)
         log = {}
         for hook in self.hooks:
             log.update(hook.before_step(self, batch) or {})
-        outputs = self.model(batch['img'])
+        outputs = self.model_outputs(batch)
         for hook in self.hooks:
             log.update(hook.after_forward(self, batch, outputs) or {})
         terms = {t.name: t.weight * t.fn(self, batch, outputs) for t in self.loss_terms if t.weight}
@@ -158,22 +166,22 @@ def accuracy(engine, batch, outputs):
     return metrics.accuracy(logits_of(outputs), batch['pid'])[0]
 
 
+def reid_loss_terms(cfg, engine):
+    """The ReID terms ``loss.name`` asks for: CE ('softmax'), or triplet + CE ('triplet')."""
+    smooth = cfg.loss.softmax.label_smooth
+    if cfg.loss.name == 'softmax':
+        return [cross_entropy_term(engine, 1.0, smooth)]
+    return [triplet_term(engine, cfg.loss.triplet.weight_t, cfg.loss.triplet.margin),
+            cross_entropy_term(engine, cfg.loss.triplet.weight_x, smooth)]
+
+
 @register_engine('softmax')
-def build_softmax_engine(cfg, datamanager, model, optimizer, scheduler):
-    engine = PluginEngine(datamanager, model, optimizer, scheduler, use_gpu=cfg.use_gpu,
-                          metric_fns={'acc': accuracy})
-    engine.loss_terms = [cross_entropy_term(engine, 1.0, cfg.loss.softmax.label_smooth)]
-    return engine
-
-
 @register_engine('triplet')
-def build_triplet_engine(cfg, datamanager, model, optimizer, scheduler):
+def build_reid_engine(cfg, datamanager, model, optimizer, scheduler):
+    """torchreid's softmax / triplet engines on the plugin loop (terms: :func:`reid_loss_terms`)."""
     engine = PluginEngine(datamanager, model, optimizer, scheduler, use_gpu=cfg.use_gpu,
                           metric_fns={'acc': accuracy})
-    engine.loss_terms = [
-        triplet_term(engine, cfg.loss.triplet.weight_t, cfg.loss.triplet.margin),
-        cross_entropy_term(engine, cfg.loss.triplet.weight_x, cfg.loss.softmax.label_smooth),
-    ]
+    engine.loss_terms = reid_loss_terms(cfg, engine)
     return engine
 
 

@@ -96,37 +96,26 @@ def eval_module_names(model, example_input):
     return {name for name, m in model.named_modules() if id(m) in ran}
 
 
-def parameters_reaching_output(model, example_input):
-    """``id``s of the trainable parameters the eval output depends on (gradients, ``.grad`` untouched).
-
-    Catches weights that a module reads directly instead of calling its owner
-    (RGA's factored relations use their conv weights that way).
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.enable_grad():
-            output = model(example_input.to(_device_of(model)))
-            grads = torch.autograd.grad(output.float().sum(), params, allow_unused=True)
-    finally:
-        model.train(was_training)
-    return {id(p) for p, g in zip(params, grads) if g is not None}
-
-
 def training_only_parameters(model, example_input):
     """``{name: tensor}`` of the parameters and buffers the eval forward does not use.
 
     A tensor is training-only when every module that owns it directly (shared
-    tensors can have several owners) is not called in the eval forward and,
-    for a trainable parameter, the eval output does not depend on it: a
+    tensors can have several owners) is not called in the eval forward: a
     classifier, critic, discriminator, generator, pairwise head or Grad-CAM
     branch that only ``forward`` in training mode calls. A tensor a module
     owns but only uses in training (a root-level ``nn.Parameter``, say) is not
     seen: the unit is the module.
+
+    A module that computes with some submodules' weights without calling them
+    (RGA's factored relations) declares them in ``weights_read_directly``, a
+    tuple of submodule names relative to it; they count as run when it runs.
     """
     ran = eval_module_names(model, example_input)
-    used, unused = set(parameters_reaching_output(model, example_input)), {}
+    for mod_name, module in model.named_modules():
+        if mod_name in ran:
+            prefix = mod_name + '.' if mod_name else ''
+            ran.update(prefix + sub for sub in getattr(module, 'weights_read_directly', ()))
+    used, unused = set(), {}
     for mod_name, module in model.named_modules():
         tensors = (list(module.named_parameters(recurse=False))
                    + list(module.named_buffers(recurse=False)))

@@ -45,6 +45,26 @@ def frozen(module):
             p.requires_grad_(flag)
 
 
+@contextlib.contextmanager
+def batchnorm_stats_frozen(module):
+    """Extra forwards in training mode (batch statistics) that leave BN running estimates untouched.
+
+    For side passes such as a no-attention prediction: they normalise like the
+    main forward but must not count as a second batch in the running statistics.
+    """
+    norms = [m for m in module.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield module
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
+
+
 def optimizer_step(optimizer, loss):
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -25,7 +25,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .registry import Registry
 
-__all__ = ['ATTENTION_MAPS', 'attention_maps', 'conv_layer_names', 'grad_cam', 'overlay',
+__all__ = ['ATTENTION_MAPS', 'attention_maps', 'cam_from_gradients', 'conv_layer_names', 'grad_cam',
+           'normalise_maps', 'overlay',
            'preserved_state', 'read_rgb', 'register_attention_maps', 'resize_to_height', 'save_grid',
            'save_ranked_results']
 
@@ -182,8 +183,19 @@ def _class_indices(class_idx, n, num_classes, logits):
     return idx
 
 
-def _normalise(maps):
-    """Min-max normalise each (h, w) map of ``maps`` (N, h, w) to [0, 1]; constant maps -> 0."""
+def cam_from_gradients(activations, gradients):
+    """Grad-CAM's map from a layer's activations A and the score's gradients dS/dA, (N, h, w).
+
+    ``relu(sum_k w_k A_k)`` with ``w_k = mean_{x,y} dS/dA_k(x, y)`` (Selvaraju et al.,
+    ICCV 2017, eqs. 1-2). Differentiable: with gradients taken with
+    ``create_graph=True`` a loss on the map trains the network (CASN).
+    """
+    weights = gradients.mean(dim=(2, 3), keepdim=True)
+    return torch.relu((weights * activations).sum(dim=1))
+
+
+def normalise_maps(maps):
+    """Min-max normalise each (h, w) map of ``maps`` (N, h, w) to [0, 1]; constant maps -> 0 (differentiable)."""
     flat = maps.flatten(1)
     lo = flat.min(dim=1, keepdim=True).values
     hi = flat.max(dim=1, keepdim=True).values
@@ -291,10 +303,8 @@ def grad_cam(model, images, target_layer=None, class_idx=None, return_info=False
         finally:
             if recorder is not None:
                 recorder.remove()
-    act, grads = act.detach().float(), grads.detach().float()
-    weights = grads.mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((weights * act).sum(dim=1))
-    maps = _normalise(cam).cpu()
+    cam = cam_from_gradients(act.detach().float(), grads.detach().float())
+    maps = normalise_maps(cam).cpu()
     return (maps, info) if return_info else maps
 
 
@@ -337,7 +347,7 @@ def attention_maps(model_name, model, images, target_layer=None, class_idx=None)
         if value.dim() != 3 or value.size(0) != images.size(0):
             raise ValueError('attention map {!r} of {!r} has shape {}, expected ({}, h, w)'.format(
                 name, model_name, tuple(value.shape), images.size(0)))
-        maps[name] = _normalise(value)
+        maps[name] = normalise_maps(value)
     if target_layer is not None:
         name = target_layer if isinstance(target_layer, str) else _resolve_layer(model, target_layer)[0]
         maps['grad_cam:' + name] = grad_cam(model, images, target_layer=target_layer,

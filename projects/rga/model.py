@@ -24,21 +24,6 @@ from .modules import RGAModule
 VARIANTS = {'s': (True, False), 'c': (False, True), 'sc': (True, True)}
 
 
-def _downsampled(size, stride):
-    """Output length of a stride-``stride`` ResNet conv (3x3 pad 1, 7x7 pad 3 or 1x1) or max-pool."""
-    return (size - 1) // stride + 1
-
-
-def stage_sizes(height, width, last_stride=1):
-    """(H, W) of ResNet-50's four stage outputs for a ``height`` x ``width`` input."""
-    h, w = (_downsampled(_downsampled(n, 2), 2) for n in (height, width))  # conv1, max-pool
-    sizes = []
-    for stride in (1, 2, 2, last_stride):
-        h, w = _downsampled(h, stride), _downsampled(w, stride)
-        sizes.append((h, w))
-    return sizes
-
-
 class RGANet(nn.Module):
     """ResNet-50 + four RGA modules + BNNeck head.
 
@@ -66,10 +51,10 @@ class RGANet(nn.Module):
         self.height, self.width = height, width
         self.trunk = ResNetTrunk('resnet50', last_stride=last_stride, pretrained=pretrained,
                                  pretrained_path=pretrained_path)
-        channels = [256, 512, 1024, 2048]
         self.rga = nn.ModuleList([
             RGAModule(c, h * w, use_spatial, use_channel, ratio, ratio, ratio)
-            for c, (h, w) in zip(channels, stage_sizes(height, width, last_stride))
+            for c, (h, w) in zip(self.trunk.stage_channels,
+                                 self.trunk.output_sizes(height, width)[1:])
         ])
         self.head = ReIDHead(2048, num_classes, loss, bnneck=True, dropout=0.0,
                              classifier_bias=False, eval_feature=eval_feature)

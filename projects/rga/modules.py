@@ -120,6 +120,16 @@ class RGAModule(nn.Module):
         if use_channel:
             self.W_channel = _attention_net(1 + self.inter_channel, down_ratio)
 
+    @property
+    def weights_read_directly(self):
+        """Convs whose weights the factored forward uses without calling them (see plugins.export)."""
+        names = []
+        if self.use_spatial:
+            names += ['theta_spatial.0', 'phi_spatial.0', 'gx_spatial.0', 'gg_spatial.0']
+        if self.use_channel:
+            names += ['theta_channel.0', 'phi_channel.0', 'gx_channel.0', 'gg_channel.0']
+        return tuple(names)
+
     def spatial_attention(self, x):
         """(B, 1, H, W) weights in (0, 1): one per position (nodes = positions)."""
         b, _, h, w = x.shape

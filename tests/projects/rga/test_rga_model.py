@@ -7,7 +7,7 @@ import torchreid
 
 import plugins
 from plugins.pretrained import PretrainedWeightsNotFound
-from projects.rga.model import RGANet, rga_attention_maps, stage_sizes
+from projects.rga.model import RGANet, rga_attention_maps
 from projects.rga.modules import RGAModule, relation_features
 from projects.rga.reference import reference_forward, reference_rga
 
@@ -48,7 +48,7 @@ def test_builders_receive_the_config_input_size_and_reject_other_sizes():
     model = plugins.build_model('rga_sc_resnet50', 5, loss='softmax', pretrained=False,
                                 height=96, width=48)
     assert (model.height, model.width) == (96, 48)
-    assert [m.in_spatial for m in model.rga] == [h * w for h, w in stage_sizes(96, 48)]
+    assert [m.in_spatial for m in model.rga] == [24 * 12, 12 * 6, 6 * 3, 6 * 3]
     with pytest.raises(ValueError, match=r'built for 96x48 inputs but got 64x32'):
         model(torch.randn(2, 3, 64, 32))
 
@@ -56,14 +56,6 @@ def test_builders_receive_the_config_input_size_and_reject_other_sizes():
 def test_pretrained_without_local_weights_names_the_file(tmp_path):
     with pytest.raises(PretrainedWeightsNotFound, match='resnet50-19c8e357.pth'):
         plugins.build_model('rga_s_resnet50', 5, pretrained=True, pretrained_path=str(tmp_path))
-
-
-def test_stage_sizes_match_the_trunk():
-    model = RGANet(3, variant='s', height=96, width=40)
-    x = model.trunk.stem(torch.randn(1, 3, 96, 40))
-    for stage, size in zip(model.trunk.stages, stage_sizes(96, 40)):
-        x = stage(x)
-        assert tuple(x.shape[-2:]) == size
 
 
 def test_spatial_branch_runs_first_and_channel_reads_its_output():
@@ -160,7 +152,7 @@ def test_attention_values_and_visualisation_maps(variant):
     x = torch.randn(2, 3, 64, 32)
     with torch.no_grad():
         _, attention = model.featuremaps(x, return_attention=True)
-    sizes = stage_sizes(64, 32)
+    sizes = model.trunk.output_sizes(64, 32)[1:]
     for k, maps in enumerate(attention):
         assert set(maps) == {'s': {'spatial'}, 'c': {'channel'}, 'sc': {'spatial', 'channel'}}[variant]
         if 'spatial' in maps:

@@ -37,7 +37,8 @@ def test_paper_configs_carry_the_official_recipe(name, dataset, labeled):
 
 @pytest.mark.parametrize('recipe, terms', [
     ([], {'loss_x'}),  # the shipped synthreid config: CE on the BNNeck logits
-    (['loss.name', 'triplet', 'sampler.train_sampler', 'PKSampler'], {'loss_x', 'loss_t'}),  # official
+    (['loss.name', 'triplet', 'loss.triplet.weight_x', '1.0', 'sampler.train_sampler', 'PKSampler'],
+     {'loss_x', 'loss_t'}),  # the official loss
 ])
 def test_a_short_run_on_generated_data_lowers_the_loss(tmp_path, recipe, terms):
     opts = TINY_SYNTHREID + ['data.height', '32', 'data.width', '16', 'data.workers', '0',
@@ -80,3 +81,12 @@ def test_benchmark_section_compares_ours_with_the_oracle(tmp_path):
     ours = table['rga_sc_resnet50 ours']
     assert ours['step_ms'] > 0 and ours['time_vs_oracle'] > 0 and 'mem_vs_oracle' in ours
     assert 'time vs oracle' in (tmp_path / 'benchmark.md').read_text()
+
+
+def test_every_rga_weight_counts_as_used_at_inference():
+    """The factored forward reads conv weights directly; the export check must see them as used."""
+    from plugins.export import training_only_parameters
+    model = plugins.build_model('rga_sc_resnet50', 5, pretrained=False, height=64, width=32).eval()
+    unused = training_only_parameters(model, torch.randn(2, 3, 64, 32))
+    assert 'head.classifier.1.weight' in unused  # training-only, as it should be
+    assert not [name for name in unused if name.startswith(('rga.', 'trunk.'))]

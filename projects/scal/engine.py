@@ -1,0 +1,92 @@
+"""The ``scal`` engine: the plugin loop with SCAL's rewards and the critic-update hook.
+
+One training step (paper Sec. 3.3):
+
+1. forward with attention: logits (and pooled feature), the five attention maps;
+2. the same network **without attention** (every agent's output replaced by 1),
+   under ``no_grad`` with batch statistics and untouched BN running estimates:
+   the reference for the amelioration reward;
+3. rewards per image, constants (eqs. 4-6): ``R_c = 1`` if the attention-based
+   prediction is right, ``R_a = 1`` if attention raised the true-class
+   probability, ``R = R_c + R_a``;
+4. main loss: the ReID terms (label-smoothed CE, plus batch-hard triplet with
+   ``loss.name 'triplet'``) and ``J_cri = -V`` weighted by ``scal.value_weight``,
+   with the critic frozen (:class:`plugins.CriticUpdateHook`);
+5. the critic's own step on ``J_mse = (V - R)^2`` with detached inputs, after the
+   main step (or before the main backward with ``scal.critic_first``).
+
+Logged: ``loss_x`` (``loss_t``), ``critic_value`` (= -value_weight * mean V),
+``critic_mse``, ``acc``, ``reward``, ``reward_c``, ``reward_a``.
+"""
+from collections import namedtuple
+
+import torch
+import torch.nn.functional as F
+
+from plugins import CriticUpdateHook, PluginEngine
+from plugins.engine import accuracy, logits_of, reid_loss_terms
+from plugins.hooks import batchnorm_stats_frozen
+
+from .model import Critic
+
+SCALStep = namedtuple('SCALStep', ['attention', 'feature', 'reward', 'reward_c', 'reward_a'])
+STEP_KEY = 'scal'  # where a step's SCALStep is kept in the batch dict
+
+
+def rewards(logits, logits_without_attention, pids):
+    """``(R, R_c, R_a)`` per image, as floats (paper eqs. 4-6); no gradient.
+
+    ``R_c``: the attention-based prediction (argmax of ``logits``) is the label.
+    ``R_a``: the true-class probability with attention exceeds the one without.
+    """
+    with torch.no_grad():
+        r_c = (logits.argmax(1) == pids).float()
+        rows = torch.arange(len(pids), device=pids.device)
+        p_att = F.softmax(logits.float(), 1)[rows, pids]
+        p_plain = F.softmax(logits_without_attention.float(), 1)[rows, pids]
+        r_a = (p_att > p_plain).float()
+    return r_c + r_a, r_c, r_a
+
+
+class SCALEngine(PluginEngine):
+    """:class:`plugins.PluginEngine` whose forward also yields attention maps and rewards."""
+
+    def model_outputs(self, batch):
+        outputs, attention, feature = self.model(batch['img'], return_attention=True)
+        with torch.no_grad(), batchnorm_stats_frozen(self.model):
+            plain = self.model(batch['img'], attention=False)
+        reward, r_c, r_a = rewards(logits_of(outputs), logits_of(plain), batch['pid'])
+        batch[STEP_KEY] = SCALStep(attention, feature, reward, r_c, r_a)
+        return outputs
+
+
+def critic_inputs(engine, batch, outputs):
+    step = batch[STEP_KEY]
+    return (step.feature, *step.attention)
+
+
+def step_reward(engine, batch, outputs):
+    return batch[STEP_KEY].reward
+
+
+def _mean_of(field):
+    return lambda engine, batch, outputs: getattr(batch[STEP_KEY], field).mean()
+
+
+def build_scal_engine(cfg, datamanager, model, optimizer, scheduler):
+    """Engine builder registered as ``scal`` (called by ``plugins.build_engine``)."""
+    net = getattr(model, 'module', model)
+    if not hasattr(net, 'agents'):
+        raise TypeError("engine 'scal' needs a SCAL model (scal_spatial_resnet50, "
+                        'scal_channel_resnet50), got {}'.format(type(net).__name__))
+    engine = SCALEngine(datamanager, model, optimizer, scheduler, use_gpu=cfg.use_gpu,
+                        metric_fns={'acc': accuracy, 'reward': _mean_of('reward'),
+                                    'reward_c': _mean_of('reward_c'),
+                                    'reward_a': _mean_of('reward_a')})
+    engine.loss_terms = reid_loss_terms(cfg, engine)
+    critic = Critic(net.trunk.out_channels, net.attention_dims, cfg.scal.critic_hidden)
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=cfg.scal.critic_lr)
+    engine.add_hook(CriticUpdateHook(critic, critic_optimizer, step_reward, critic_inputs,
+                                     value_weight=cfg.scal.value_weight,
+                                     update_first=cfg.scal.critic_first))
+    return engine

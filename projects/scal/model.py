@@ -1,0 +1,169 @@
+"""SCAL networks: ResNet-50 with five stacked attention agents, a BNNeck head, and the critic.
+
+Chen, Lin, Ren, Lu, Zhou, "Self-Critical Attention Learning for Person
+Re-Identification", ICCV 2019, Sec. 3. No official code exists; where the
+paper gives only a formula, the choice made here is stated.
+
+* Agents (Sec. 3.2): spatial ``A^s = sigmoid(W2 relu(W1 X_bar))`` with ``X_bar``
+  the channel-averaged map, read as a vector over positions; channel
+  ``A^c = sigmoid(W2 relu(W1 X_pool))`` with ``X_pool`` the globally pooled
+  feature (SE-style). ``x <- x * A``. W1/W2 are bias-free linear maps with a
+  reduction of 16 (Squeeze-and-Excitation's), at least 8 hidden units.
+* Five agents, after ResNet-50's stem and each of its four stages (the layout of
+  APNet, the first author's follow-up code).
+* Head: BNNeck (Sec. 3.3: a BN before the classifier), bias-free classifier;
+  triplet on the pooled feature, label-smoothed CE on the post-BN logits.
+* Critic ``V = C(X, A; phi)`` (:class:`Critic`): the pooled feature and all five
+  attention maps, layer-normalised, through a two-layer MLP to one value per image.
+
+Spatial agents are tied to the map sizes, so models are built for one input
+size (``height``/``width`` from the config, 256x128 by default).
+"""
+import torch
+import torch.nn as nn
+
+from plugins.backbones import ResNetTrunk
+from plugins.heads import ReIDHead
+
+KINDS = ('spatial', 'channel')
+REDUCTION, MIN_HIDDEN = 16, 8
+
+
+def _squeeze_excite(dim):
+    hidden = max(MIN_HIDDEN, dim // REDUCTION)
+    return nn.Sequential(nn.Linear(dim, hidden, bias=False), nn.ReLU(),
+                         nn.Linear(hidden, dim, bias=False), nn.Sigmoid())
+
+
+class ChannelAgent(nn.Module):
+    """``A^c = sigmoid(W2 relu(W1 X_pool))``: one weight per channel, (B, C)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.excite = _squeeze_excite(channels)
+
+    def forward(self, x):
+        return self.excite(x.mean((2, 3)))
+
+    @staticmethod
+    def apply(x, attention):
+        return x * attention[:, :, None, None]
+
+
+class SpatialAgent(nn.Module):
+    """``A^s = sigmoid(W2 relu(W1 X_bar))``: one weight per position, (B, H*W)."""
+
+    def __init__(self, positions):
+        super().__init__()
+        self.excite = _squeeze_excite(positions)
+
+    def forward(self, x):
+        return self.excite(x.mean(1).flatten(1))
+
+    @staticmethod
+    def apply(x, attention):
+        return x * attention.view(x.shape[0], 1, x.shape[2], x.shape[3])
+
+
+class SCALNet(nn.Module):
+    """ResNet-50 (last stride 1) + five attention agents + BNNeck head.
+
+    ``forward(x, return_featuremaps=False, return_attention=False, attention=True)``:
+    torchreid's contract (eval: pooled feature; training: logits or
+    ``(logits, pooled feature)``); ``return_attention`` returns
+    ``(output, attention maps, pooled feature)``, what the critic reads (the five
+    attention tensors and X); ``attention=False`` runs the same network with
+    every agent's output replaced by 1 (the paper's "without attention"
+    prediction behind the amelioration reward).
+    """
+
+    def __init__(self, num_classes, loss='softmax', kind='channel', height=256, width=128,
+                 last_stride=1, eval_feature='pooled', pretrained=False, pretrained_path=''):
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError('Unknown SCAL attention kind {!r}; expected one of {}'.format(
+                kind, list(KINDS)))
+        self.kind = kind
+        self.height, self.width = height, width
+        self.trunk = ResNetTrunk('resnet50', last_stride=last_stride, pretrained=pretrained,
+                                 pretrained_path=pretrained_path)
+        channels = [self.trunk.stem[0].out_channels] + self.trunk.stage_channels
+        sizes = self.trunk.output_sizes(height, width)
+        self.agents = nn.ModuleList([
+            ChannelAgent(c) if kind == 'channel' else SpatialAgent(h * w)
+            for c, (h, w) in zip(channels, sizes)
+        ])
+        self.attention_dims = [c if kind == 'channel' else h * w for c, (h, w) in zip(channels, sizes)]
+        self.head = ReIDHead(self.trunk.out_channels, num_classes, loss, bnneck=True,
+                             classifier_bias=False, eval_feature=eval_feature)
+
+    def check_input(self, x):
+        if tuple(x.shape[-2:]) != (self.height, self.width):
+            raise ValueError(
+                'SCAL model was built for {}x{} inputs but got {}x{}; build it with height={}, '
+                'width={} (data.height, data.width) or resize the images'.format(
+                    self.height, self.width, x.shape[-2], x.shape[-1], x.shape[-2], x.shape[-1]))
+
+    def featuremaps(self, x, return_attention=False, attention=True):
+        self.check_input(x)
+        maps = []
+        for block, agent in zip([self.trunk.stem, *self.trunk.stages], self.agents):
+            x = block(x)
+            if attention:
+                a = agent(x)
+                x = agent.apply(x, a)
+                maps.append(a)
+        return (x, maps) if return_attention else x
+
+    def forward(self, x, return_featuremaps=False, return_attention=False, attention=True):
+        maps, att = self.featuremaps(x, return_attention=True, attention=attention)
+        out = maps if return_featuremaps else self.head(maps)
+        return (out, att, self.head.pool(maps).flatten(1)) if return_attention else out
+
+
+class Critic(nn.Module):
+    """``V = C(X, A; phi)``: the image's value under its attention (paper Sec. 3.1, eq. 3).
+
+    Reads the pooled feature X and the five attention tensors (flattened,
+    concatenated, layer-normalised so that both scales count) and returns one
+    value per image through Linear-ReLU-Linear. The paper does not give the
+    critic's architecture; this is our choice.
+    """
+
+    def __init__(self, feature_dim, attention_dims, hidden=256):
+        super().__init__()
+        dim = feature_dim + sum(attention_dims)
+        self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 1))
+
+    def forward(self, features, *attention):
+        return self.net(torch.cat([features.flatten(1)] + [a.flatten(1) for a in attention], 1)).view(-1)
+
+
+def scal_attention_maps(model, images):
+    """``{'agentK': (N, h, w)}``: spatial weights as they are; channel weights as the energy of the re-weighted map."""
+    model.eval()
+    x = images
+    maps = {}
+    for k, (block, agent) in enumerate(zip([model.trunk.stem, *model.trunk.stages], model.agents), 1):
+        x = block(x)
+        a = agent(x)
+        x = agent.apply(x, a)
+        maps['agent{}_{}'.format(k, model.kind)] = (
+            a.view(x.shape[0], x.shape[2], x.shape[3]) if model.kind == 'spatial' else x.abs().sum(1))
+    return maps
+
+
+def _builder(kind):
+    def build(num_classes, loss='softmax', pretrained=True, use_gpu=True, height=256, width=128,
+              pretrained_path='', eval_feature='pooled'):
+        return SCALNet(num_classes, loss, kind, height=height, width=width,
+                       eval_feature=eval_feature, pretrained=pretrained,
+                       pretrained_path=pretrained_path)
+    build.__name__ = 'scal_{}_resnet50'.format(kind)
+    build.__doc__ = 'SCAL ResNet-50 with five {} agents (torchreid builder signature).'.format(kind)
+    return build
+
+
+scal_spatial_resnet50 = _builder('spatial')
+scal_channel_resnet50 = _builder('channel')

@@ -1,0 +1,215 @@
+"""CASN: differentiable Grad-CAM, the four losses, the engine on generated data, export."""
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import plugins
+from plugins.export import check_parity, export_onnx, training_only_parameters
+from plugins.launch import build_run, setup_config
+from plugins.samplers import pair_labels
+from projects.casn.attention import (aligned_attention, differentiable_cam,
+                                     identification_attention_loss, siamese_attention_loss,
+                                     soft_mask)
+from projects.casn.benchmark import pair_batch
+from projects.casn.engine import build_casn_engine
+from projects.casn.model import CASNNet
+from tests.conftest import REPO, TINY_SYNTHREID, FakeDataManager, changed, snapshot
+
+CONFIG_DIR = os.path.join(REPO, 'configs', 'casn')
+
+
+def test_grad_cam_equals_a_hand_computation_on_a_small_network():
+    torch.manual_seed(0)
+    maps = torch.randn(2, 3, 4, 5, requires_grad=True)
+    fc = nn.Linear(3, 4)
+    scores = fc(maps.mean((2, 3))).gather(1, torch.tensor([[1], [3]])).squeeze(1)
+    cam = differentiable_cam(maps, scores)
+    for i, c in enumerate([1, 3]):
+        # d score / d A_k(x, y) = W[c, k] / (h w): Grad-CAM weights are W[c, k] / (h w)
+        raw = F.relu(torch.einsum('k,khw->hw', fc.weight[c] / 20, maps[i]))
+        expected = (raw - raw.min()) / (raw.max() - raw.min())
+        assert torch.allclose(cam[i], expected, atol=1e-6)
+
+
+def test_soft_mask_lies_in_0_1_and_passes_gradcheck():
+    cam = torch.rand(1, 3, 3, dtype=torch.float64, requires_grad=True)
+    mask = soft_mask(cam, 10.0, 0.5)
+    assert mask.min() > 0 and mask.max() < 1
+    maps = torch.rand(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, dtype=torch.float64)
+
+    def masked_from_maps(a):  # Grad-CAM (second order) -> normalisation -> soft mask
+        scores = (a.mean((2, 3)) * weight).sum(1) + (a ** 2).mean((1, 2, 3))
+        return soft_mask(differentiable_cam(a, scores), 10.0, 0.5)
+
+    assert torch.autograd.gradcheck(masked_from_maps, (maps,))
+
+
+@pytest.mark.parametrize('backbone', ['ide', 'pcb'])
+def test_identification_attention_loss_reaches_the_backbone(backbone):
+    torch.manual_seed(0)
+    model = CASNNet(4, backbone=backbone).train()
+    images, pids = torch.randn(4, 3, 64, 32), torch.tensor([0, 1, 2, 3])
+    outputs = model(images, return_outputs=True)
+    stats = model.trunk.stem[1].running_mean.clone()
+    loss, mask = identification_attention_loss(model, images, outputs.maps, pids)
+    assert torch.equal(model.trunk.stem[1].running_mean, stats)  # masked pass: no BN stat update
+    assert mask.shape == (4, 1, 64, 32) and mask.min() > 0 and mask.max() < 1
+    assert 0 < loss.item() < 1
+    loss.backward()
+    for name in ('trunk.stem.0.weight', 'trunk.stages.3.2.conv3.weight'):
+        assert dict(model.named_parameters())[name].grad.abs().sum() > 0, name
+    head = model.classifier.weight if backbone == 'ide' else model.part_classifiers[0].weight
+    assert head.grad.abs().sum() > 0
+
+
+def test_pcb_class_scores_have_no_cross_image_gradient():
+    torch.manual_seed(0)
+    model = CASNNet(4, backbone='pcb').train()
+    maps = torch.rand(3, 2048, 6, 2, requires_grad=True)
+    grad, = torch.autograd.grad(model.class_scores(maps)[0, 1], maps)
+    assert grad[0].abs().sum() > 0 and grad[1:].abs().sum() == 0
+    logits = model.identity_logits(model.features(maps))  # the training forward's values
+    assert torch.allclose(model.class_scores(maps), torch.stack(logits).sum(0), atol=1e-5)
+
+
+def test_siamese_attention_loss_is_zero_for_identical_maps_and_positive_otherwise():
+    torch.manual_seed(0)
+    model = CASNNet(4, backbone='ide').train()
+    image = torch.randn(1, 3, 128, 64)
+    maps = model.trunk(torch.cat([image, image, torch.randn(1, 3, 128, 64)]))
+    a, b = torch.tensor([0, 0]), torch.tensor([1, 2])
+    loss_same = siamese_attention_loss(model, maps, a[:1], b[:1])
+    loss_other = siamese_attention_loss(model, maps, a[1:], b[1:])
+    assert loss_same.item() == pytest.approx(0.0, abs=1e-6) and loss_other.item() > 1e-3
+    loss_other.backward()
+    assert model.siamese.weight.grad.abs().sum() > 0
+    assert siamese_attention_loss(model, maps, a[:0], b[:0]).item() == 0
+
+
+def test_alignment_crops_to_the_region_above_the_threshold():
+    cams = torch.zeros(2, 6, 4)
+    cams[0, 1:3, 1:3] = 0.9  # a 2x2 blob ...
+    cams[1, 3:5, 0:2] = 0.9  # ... the same blob elsewhere
+    aligned = aligned_attention(cams, 0.5, (6, 4))
+    assert torch.allclose(aligned[0], aligned[1]) and torch.allclose(aligned[0], torch.full((6, 4), 0.9))
+
+
+def make_engine(backbone='ide', classes=4):
+    torch.manual_seed(0)
+    cfg = plugins.get_default_config()
+    cfg.use_gpu = False
+    cfg.sampler.train_sampler = 'PairwiseSampler'
+    model = plugins.build_model('casn_{}_resnet50'.format(backbone), classes, pretrained=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    return build_casn_engine(cfg, FakeDataManager(classes), model, optimizer, None)
+
+
+@pytest.mark.parametrize('backbone', ['ide', 'pcb'])
+def test_each_loss_term_falls_on_a_fixed_pair_batch(backbone):
+    engine = make_engine(backbone)
+    batch = pair_batch(4, 64, 32, 4)
+    engine.set_model_mode('train')
+    logs = [engine.forward_backward(batch) for _ in range(12)]
+    assert {'loss_id', 'loss_ia', 'loss_ver', 'loss_sa', 'acc', 'positive_pairs'} <= set(logs[0])
+    assert logs[0]['positive_pairs'] == 2
+    for term in ('loss_id', 'loss_ia', 'loss_ver'):
+        assert sum(log[term] for log in logs[-2:]) < 0.8 * sum(log[term] for log in logs[:2]), term
+
+
+def test_siamese_attention_term_falls_when_it_is_trained():
+    """Trained alone, L_sa makes the positive pairs' attention consistent (it is non-smooth: the
+    thresholded crop boxes move, so only the trend is checked)."""
+    engine = make_engine('ide')
+    engine.loss_terms = [t._replace(weight=1.0) for t in engine.loss_terms if t.name == 'loss_sa']
+    batch = pair_batch(4, 128, 64, 4)
+    engine.set_model_mode('train')
+    sa = [engine.forward_backward(batch)['loss_sa'] for _ in range(10)]
+    assert sa[0] > 0.1 and sum(sa[-3:]) / 3 < 0.5 * sa[0]
+
+
+def test_engine_needs_pairs_and_a_casn_model():
+    cfg = plugins.get_default_config()
+    model = CASNNet(3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="needs sampler.train_sampler 'PairwiseSampler'"):
+        build_casn_engine(cfg, FakeDataManager(3), model, opt, None)
+    net = plugins.build_model('resnet18', 3, pretrained=False)
+    with pytest.raises(TypeError, match="engine 'casn' needs a CASN model"):
+        build_casn_engine(cfg, FakeDataManager(3), net, opt, None)
+
+
+def test_a_short_run_on_generated_pairs_lowers_the_loss(tmp_path):
+    opts = TINY_SYNTHREID + ['data.height', '32', 'data.width', '16', 'data.workers', '0',
+                             'train.batch_size', '8', 'data.save_dir', str(tmp_path / 'log')]
+    cfg = setup_config(os.path.join(CONFIG_DIR, 'casn_ide_resnet50_synthreid.yaml'), opts,
+                       root=str(tmp_path / 'data'))
+    torch.manual_seed(0)
+    engine = build_run(cfg, verbose=False)
+    batches = list(engine.train_loader)
+    assert all(pair_labels(b['pid']).sum() == 2 for b in batches)  # pos_ratio 0.5 of 4 pairs
+    engine.set_model_mode('train')
+    before = snapshot(engine.model)
+    logs = [engine.forward_backward(batches[0]) for _ in range(6)]
+    total = [sum(v for k, v in log.items() if k.startswith('loss_')) for log in logs]
+    assert sum(total[-2:]) < sum(total[:2]) and changed(before, engine.model)
+
+
+def test_shipped_configs_load():
+    names = os.listdir(CONFIG_DIR)
+    assert len(names) >= 14
+    for name in names:
+        cfg = setup_config(os.path.join(CONFIG_DIR, name))
+        assert cfg.engine.name == 'casn'
+        if name.startswith('casn_pcb') and 'synthreid' not in name:
+            assert (cfg.data.height, cfg.data.width) == (384, 128)
+        elif 'synthreid' not in name:
+            assert (cfg.data.height, cfg.data.width) == (288, 144)
+            assert (cfg.train.lr, cfg.train.max_epoch, cfg.train.batch_size) == (0.03, 40, 32)
+
+
+@pytest.mark.parametrize('backbone, dim', [('ide', 2048), ('pcb', 1536)])
+def test_onnx_export_without_the_training_heads(tmp_path, backbone, dim):
+    torch.manual_seed(0)
+    model = plugins.build_model('casn_{}_resnet50'.format(backbone), 5, pretrained=False)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, 96, 32))
+    model.eval()
+    example = torch.randn(2, 3, 96, 32)
+    training_only = set(training_only_parameters(model, example))
+    assert {'siamese.weight', 'verifier.weight'} <= training_only
+    assert not any(n.startswith(('trunk.', 'reduce.')) for n in training_only)
+    path = export_onnx(model, str(tmp_path / 'casn.onnx'), 96, 32, [0.5] * 3, [0.5] * 3,
+                       model_name='casn_{}_resnet50'.format(backbone))
+    report = check_parity(model, path, [torch.randn(n, 3, 96, 32) for n in (1, 3)])
+    assert report['feature_dim'] == dim and report['max_rel_diff'] <= 1e-4
+
+
+def test_attention_maps_for_visualisation():
+    from plugins.visualization import attention_maps
+    model = CASNNet(4, backbone='pcb').eval()
+    maps = attention_maps('casn_pcb_resnet50', model, torch.randn(2, 3, 96, 32))
+    assert set(maps) == {'identification', 'siamese'}
+    for m in maps.values():
+        assert m.shape == (2, 6, 2) and m.min() >= 0 and m.max() <= 1
+
+
+def test_benchmark_section_reports_the_ratio_to_identification_only(tmp_path):
+    import json
+    from tests.conftest import load_tool
+    load_tool('benchmark').main(['--sections', 'casn', '--quick', '--out-dir', str(tmp_path)])
+    runs = json.loads((tmp_path / 'benchmark.json').read_text())['sections']['casn']['runs']
+    (run,) = runs.values()
+    assert run['id_only_s'] > 0 and run['ratio'] == pytest.approx(run['casn_s'] / run['id_only_s'])
+    assert 'id only' in (tmp_path / 'benchmark.md').read_text()
+
+
+@pytest.mark.parametrize('height', [4, 6, 7, 9, 24])
+def test_stripe_pool_equals_adaptive_pooling(height):
+    from projects.casn.model import stripe_pool
+    x = torch.randn(2, 3, height, 5)
+    assert torch.allclose(stripe_pool(x, 6), nn.AdaptiveAvgPool2d((6, 1))(x), atol=1e-6)

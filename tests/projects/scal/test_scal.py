@@ -1,0 +1,205 @@
+"""SCAL: agents, rewards, the critic's and the agents' updates, training, export."""
+import copy
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import plugins
+from plugins.export import check_parity, export_onnx, training_only_parameters
+from plugins.hooks import batchnorm_stats_frozen, optimizer_step
+from plugins.launch import build_run, setup_config
+from projects.scal.engine import STEP_KEY, build_scal_engine, rewards
+from projects.scal.model import SCALNet, scal_attention_maps
+from tests.conftest import REPO, TINY_SYNTHREID, FakeDataManager, changed, snapshot
+
+CONFIG_DIR = os.path.join(REPO, 'configs', 'scal')
+KINDS = ['spatial', 'channel']
+
+
+def pk_batch(n=8, classes=4):
+    g = torch.Generator().manual_seed(0)
+    return {'img': torch.randn(n, 3, 64, 32, generator=g), 'pid': torch.arange(n) // 2 % classes,
+            'camid': torch.zeros(n, dtype=torch.long)}
+
+
+def make_engine(kind='channel', value_weight=1.0, classes=4):
+    torch.manual_seed(0)
+    cfg = plugins.get_default_config()
+    cfg.use_gpu = False
+    cfg.loss.name = 'triplet'
+    cfg.loss.triplet.weight_x = 1.0
+    cfg.scal.value_weight = value_weight
+    model = plugins.build_model('scal_{}_resnet50'.format(kind), classes, loss='triplet',
+                                pretrained=False, height=64, width=32)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    return build_scal_engine(cfg, FakeDataManager(classes), model, optimizer, None)
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_five_agents_give_attention_in_0_1_with_the_right_shapes(kind):
+    torch.manual_seed(0)
+    model = SCALNet(5, 'triplet', kind, height=64, width=32).train()
+    (logits, feature), attention, pooled = model(torch.randn(3, 3, 64, 32), return_attention=True)
+    assert logits.shape == (3, 5) and torch.equal(feature, pooled)
+    sizes = model.trunk.output_sizes(64, 32)
+    channels = [64, 256, 512, 1024, 2048]
+    expected = [(3, c) for c in channels] if kind == 'channel' else [(3, h * w) for h, w in sizes]
+    assert [tuple(a.shape) for a in attention] == expected == [(3, d) for d in model.attention_dims]
+    for a in attention:
+        assert a.min() > 0 and a.max() < 1
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 32)).shape == (2, 2048)
+    maps = scal_attention_maps(model, torch.randn(2, 3, 64, 32))
+    assert [tuple(m.shape) for m in maps.values()] == [(2, h, w) for h, w in sizes]
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_without_attention_is_the_same_network_with_unit_attention(kind):
+    torch.manual_seed(0)
+    model = SCALNet(5, 'softmax', kind, height=64, width=32).eval()
+    unit = copy.deepcopy(model)
+    for agent, dim in zip(unit.agents, unit.attention_dims):
+        agent.forward = lambda x, dim=dim: torch.ones(x.shape[0], dim)
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x, attention=False), unit(x), atol=1e-6)
+        assert not torch.allclose(model(x, attention=False), model(x), atol=1e-4)
+
+
+def test_rewards_on_hand_made_logits():
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [1.0, 0.0, 2.0], [0.0, 0.0, 5.0]])
+    plain = torch.tensor([[1.0, 1.0, 0.0], [0.0, 3.0, 0.0], [2.0, 0.0, 1.0], [0.0, 0.0, 5.0]])
+    pids = torch.tensor([0, 1, 0, 2])
+    reward, r_c, r_a = rewards(logits, plain, pids)
+    # image 0: right, probability raised; 1: right, lowered; 2: wrong, lowered; 3: right, equal
+    assert r_c.tolist() == [1, 1, 0, 1]
+    assert r_a.tolist() == [1, 0, 0, 0]
+    assert reward.tolist() == [2, 1, 0, 1]
+
+
+def test_critic_update_changes_only_the_critic_and_agent_update_no_critic_weight():
+    engine = make_engine()
+    hook = engine.hooks[0]
+    batch = engine.parse_batch(pk_batch())
+    engine.set_model_mode('train')
+    outputs = engine.model_outputs(batch)
+    model_before, critic_before = snapshot(engine.model), snapshot(hook.critic)
+    hook._fit(engine, batch, outputs)
+    assert changed(critic_before, hook.critic)
+    assert not {k for k in changed(model_before, engine.model) if not k.endswith(('running_mean', 'running_var'))}
+
+    critic_before = snapshot(hook.critic)
+    critic_grads = [p.grad.clone() for p in hook.critic.parameters()]  # left by the critic's step
+    terms = [t.weight * t.fn(engine, batch, outputs) for t in engine.loss_terms]
+    terms += list(hook.loss_terms(engine, batch, outputs).values())
+    optimizer_step(engine.optimizer, sum(terms))
+    assert not changed(critic_before, hook.critic)
+    assert all(torch.equal(p.grad, g) for p, g in zip(hook.critic.parameters(), critic_grads))
+    moved = changed(model_before, engine.model)
+    assert any(k.startswith('agents.') for k in moved) and any(k.startswith('trunk.') for k in moved)
+
+
+def test_value_term_reaches_the_agents_through_the_frozen_critic():
+    engine = make_engine(value_weight=1.0)
+    hook = engine.hooks[0]
+    batch = engine.parse_batch(pk_batch())
+    engine.set_model_mode('train')
+    outputs = engine.model_outputs(batch)
+    value = hook.loss_terms(engine, batch, outputs)['critic_value']
+    grads = torch.autograd.grad(value, list(engine.model.agents.parameters()), allow_unused=True)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_critic_mse_falls_on_a_fixed_batch():
+    engine = make_engine()
+    hook = engine.hooks[0]
+    batch = engine.parse_batch(pk_batch())
+    engine.set_model_mode('train')
+    with torch.no_grad():
+        outputs = engine.model_outputs(batch)
+    mses = [hook._fit(engine, batch, outputs)['critic_mse'] for _ in range(30)]
+    assert sum(mses[-5:]) / 5 < 0.25 * mses[0]
+
+
+def test_no_attention_pass_leaves_batchnorm_statistics_alone():
+    engine = make_engine()
+    batch = engine.parse_batch(pk_batch())
+    engine.set_model_mode('train')
+    with torch.no_grad():
+        reference = snapshot(engine.model)
+        engine.model(batch['img'], return_attention=True)
+        after_main = snapshot(engine.model)
+        assert changed(reference, engine.model)  # the main forward updates running stats
+        with batchnorm_stats_frozen(engine.model):
+            engine.model(batch['img'], attention=False)
+        assert not changed(after_main, engine.model)
+        assert all(m.momentum == 0.1 for m in engine.model.modules()
+                   if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_a_step_logs_every_term_and_reward():
+    engine = make_engine()
+    engine.set_model_mode('train')
+    log = engine.forward_backward(pk_batch())
+    assert {'loss_t', 'loss_x', 'critic_value', 'critic_mse', 'acc', 'reward', 'reward_c',
+            'reward_a'} <= set(log)
+    assert 0 <= log['reward'] <= 2 and log['reward'] == pytest.approx(log['reward_c'] + log['reward_a'])
+
+
+def test_a_short_run_on_generated_data_lowers_the_reid_loss(tmp_path):
+    opts = TINY_SYNTHREID + ['data.height', '32', 'data.width', '16', 'data.workers', '0',
+                             'train.batch_size', '8', 'data.save_dir', str(tmp_path / 'log')]
+    cfg = setup_config(os.path.join(CONFIG_DIR, 'scal_channel_resnet50_synthreid.yaml'), opts,
+                       root=str(tmp_path / 'data'))
+    torch.manual_seed(0)
+    engine = build_run(cfg, verbose=False)
+    assert type(engine).__name__ == 'SCALEngine' and engine.get_model_names() == ['model', 'critic']
+    batch = next(iter(engine.train_loader))
+    engine.set_model_mode('train')
+    losses = [engine.forward_backward(batch)['loss_x'] for _ in range(8)]
+    assert sum(losses[-2:]) < 0.8 * sum(losses[:2])
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_inference_and_onnx_export_without_the_critic(tmp_path, kind):
+    engine = make_engine(kind)
+    model = engine.model
+    engine.set_model_mode('train')
+    with torch.no_grad():
+        model(torch.randn(8, 3, 64, 32))
+    model.eval()
+    example = torch.randn(2, 3, 64, 32)
+    assert not [n for n in training_only_parameters(model, example) if n.startswith(('agents', 'trunk'))]
+    path = export_onnx(model, str(tmp_path / 'scal.onnx'), 64, 32, [0.5] * 3, [0.5] * 3,
+                       model_name='scal_{}_resnet50'.format(kind))
+    report = check_parity(model, path, [torch.randn(n, 3, 64, 32) for n in (1, 3)])
+    assert report['max_rel_diff'] <= 1e-4 and report['feature_dim'] == 2048
+    assert not any('critic' in n for n, _ in model.named_parameters())
+
+
+def test_shipped_configs_load_and_wrong_sizes_or_models_are_named():
+    for name in os.listdir(CONFIG_DIR):
+        cfg = setup_config(os.path.join(CONFIG_DIR, name))
+        assert cfg.engine.name == 'scal' and cfg.model.name.startswith('scal_')
+    model = SCALNet(3, kind='spatial', height=64, width=32)
+    with pytest.raises(ValueError, match='built for 64x32 inputs but got 96x48'):
+        model(torch.randn(1, 3, 96, 48))
+    with pytest.raises(ValueError, match="Unknown SCAL attention kind 'both'"):
+        SCALNet(3, kind='both')
+    cfg = plugins.get_default_config()
+    net = plugins.build_model('resnet18', 3, pretrained=False)
+    with pytest.raises(TypeError, match="engine 'scal' needs a SCAL model"):
+        build_scal_engine(cfg, FakeDataManager(3), net, torch.optim.SGD(net.parameters(), lr=0.1), None)
+
+
+def test_benchmark_section_reports_the_ratio_to_the_plain_step(tmp_path):
+    import json
+    from tests.conftest import load_tool
+    load_tool('benchmark').main(['--sections', 'scal', '--quick', '--out-dir', str(tmp_path)])
+    runs = json.loads((tmp_path / 'benchmark.json').read_text())['sections']['scal']['runs']
+    (run,) = runs.values()
+    assert run['plain_s'] > 0 and run['ratio'] == pytest.approx(run['scal_s'] / run['plain_s'])
+    assert 'without critic' in (tmp_path / 'benchmark.md').read_text()
