@@ -428,7 +428,11 @@ def markdown_models(result):
                                                                       result['dataset']),
              '',
              'Train time and img/s cover the whole budget; step and memory are one training '
-             'step at the config\'s batch size ({}); inference is a batch of the same size.'.format(
+             'step at the config\'s batch size ({}); inference is a batch of the same size. '
+             'Params and GFLOPs are torchreid\'s `compute_model_complexity` in eval mode: it counts '
+             'the layers it hooks as they are called, so training-only heads are left out, and so '
+             'are weights a module reads without calling their layer and its matrix products '
+             '(RGA\'s factored relations: see the rga section).'.format(
                  ', '.join(sorted(kinds)) or 'not measured'),
              '',
              '| ' + ' | '.join(c for c, _ in MODEL_COLUMNS) + ' |',

@@ -51,6 +51,35 @@ def available_models():
     return sorted(_HOST_FACTORY)
 
 
+def model_builder(cls, name, **fixed):
+    """A torchreid-style builder ``name(num_classes, loss='softmax', pretrained=True, use_gpu=True, ...)``.
+
+    Builds ``cls(num_classes, loss, pretrained=..., **fixed, **options)``; its other
+    keyword parameters are ``cls``'s own (those not fixed), with ``cls``'s defaults,
+    so :func:`build_model` passes it the config extras ``cls`` takes (``height``,
+    ``width``, ``pretrained_path``) and a plain ``torchreid.models.build_model``
+    call gets the defaults. ``use_gpu`` is accepted and ignored, as torchreid's
+    builders do.
+    """
+    own = [p for p in inspect.signature(cls.__init__).parameters.values()
+           if p.name not in ('self', 'num_classes', 'loss', 'pretrained') and p.name not in fixed
+           and p.kind is p.POSITIONAL_OR_KEYWORD]
+
+    def build(num_classes, loss='softmax', pretrained=True, use_gpu=True, **options):
+        return cls(num_classes, loss, pretrained=pretrained, **fixed, **options)
+
+    P = inspect.Parameter
+    build.__signature__ = inspect.Signature(
+        [P('num_classes', P.POSITIONAL_OR_KEYWORD), P('loss', P.POSITIONAL_OR_KEYWORD, default='softmax'),
+         P('pretrained', P.POSITIONAL_OR_KEYWORD, default=True),
+         P('use_gpu', P.POSITIONAL_OR_KEYWORD, default=True)]
+        + [P(p.name, P.KEYWORD_ONLY, default=p.default) for p in own])
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = '{} ({}), torchreid builder signature.'.format(name, ', '.join(
+        '{}={!r}'.format(k, v) for k, v in fixed.items()) or cls.__name__)
+    return build
+
+
 def build_model(name, num_classes, loss='softmax', pretrained=True, use_gpu=True,
                 pretrained_path='', **extras):
     """Build any model offline, passing the config ``extras`` a plugin builder asks for.

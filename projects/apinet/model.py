@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from plugins.backbones import ResNetTrunk
 from plugins.heads import ReIDHead
+from plugins.models import model_builder
 
 
 def gate_vectors(x_m, x_1, x_2):
@@ -138,20 +139,8 @@ class APINet(nn.Module):
         return self_logits, other_logits
 
 
-def apinet_resnet50(num_classes, loss='softmax', pretrained=True, use_gpu=True, pretrained_path='',
-                    last_stride=1, bnneck=True, eval_feature='pooled'):
-    """API-Net on ResNet-50; defaults are the ReID setting (last stride 1, BNNeck, pooled feature).
-
-    ``last_stride``, ``bnneck`` and ``eval_feature`` are builder arguments only:
-    ``plugins.build_model`` passes a builder nothing from the config but ``height``,
-    ``width`` and ``pretrained_path``, so a config always gets these defaults.
-    """
-    return APINet(num_classes, loss, 'resnet50', last_stride=last_stride, bnneck=bnneck,
-                  eval_feature=eval_feature, pretrained=pretrained, pretrained_path=pretrained_path)
-
-
-def apinet_resnet101(num_classes, loss='softmax', pretrained=True, use_gpu=True, pretrained_path='',
-                     last_stride=1, bnneck=True, eval_feature='pooled'):
-    """API-Net on ResNet-101, the paper's main fine-grained trunk (same defaults as ResNet-50)."""
-    return APINet(num_classes, loss, 'resnet101', last_stride=last_stride, bnneck=bnneck,
-                  eval_feature=eval_feature, pretrained=pretrained, pretrained_path=pretrained_path)
+# builder keyword options (last_stride, bnneck, eval_feature, ...) are APINet's; a config passes
+# none of them (plugins.build_model passes only height, width and pretrained_path), so a config
+# always gets the ReID defaults: last stride 1, BNNeck, pooled test feature
+apinet_resnet50 = model_builder(APINet, 'apinet_resnet50', depth='resnet50')
+apinet_resnet101 = model_builder(APINet, 'apinet_resnet101', depth='resnet101')

@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from plugins.backbones import ResNetTrunk
+from plugins.models import model_builder
 
 BACKBONES = ('ide', 'pcb')
 CASNOutputs = namedtuple('CASNOutputs', ['maps', 'features', 'id_logits', 'siamese'])
@@ -127,15 +128,5 @@ class CASNNet(nn.Module):
         return self.verifier((siamese_a - siamese_b).pow(2)).view(-1)
 
 
-def _builder(backbone):
-    def build(num_classes, loss='softmax', pretrained=True, use_gpu=True, pretrained_path=''):
-        return CASNNet(num_classes, loss, backbone, pretrained=pretrained,
-                       pretrained_path=pretrained_path)
-    build.__name__ = 'casn_{}_resnet50'.format(backbone)
-    build.__doc__ = 'CASN with the {} ResNet-50 backbone (torchreid builder signature).'.format(
-        backbone.upper())
-    return build
-
-
-casn_ide_resnet50 = _builder('ide')
-casn_pcb_resnet50 = _builder('pcb')
+casn_ide_resnet50 = model_builder(CASNNet, 'casn_ide_resnet50', backbone='ide')
+casn_pcb_resnet50 = model_builder(CASNNet, 'casn_pcb_resnet50', backbone='pcb')

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from plugins.backbones import ResNetTrunk
 from plugins.heads import ReIDHead
+from plugins.models import model_builder
 
 from .modules import RGAModule
 
@@ -106,18 +107,6 @@ def rga_attention_maps(model, images):
     return maps
 
 
-def _builder(variant):
-    def build(num_classes, loss='softmax', pretrained=True, use_gpu=True, height=256, width=128,
-              pretrained_path='', eval_feature='pooled'):
-        return RGANet(num_classes, loss, variant, height=height, width=width,
-                      eval_feature=eval_feature, pretrained=pretrained,
-                      pretrained_path=pretrained_path)
-    build.__name__ = 'rga_{}_resnet50'.format(variant)
-    build.__doc__ = ('RGA-{} ResNet-50 (torchreid builder signature; ``height``/``width`` from the '
-                     'config, default 256x128).'.format(variant.upper()))
-    return build
-
-
-rga_s_resnet50 = _builder('s')
-rga_c_resnet50 = _builder('c')
-rga_sc_resnet50 = _builder('sc')
+rga_s_resnet50 = model_builder(RGANet, 'rga_s_resnet50', variant='s')
+rga_c_resnet50 = model_builder(RGANet, 'rga_c_resnet50', variant='c')
+rga_sc_resnet50 = model_builder(RGANet, 'rga_sc_resnet50', variant='sc')

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from plugins.backbones import ResNetTrunk
 from plugins.heads import ReIDHead
+from plugins.models import model_builder
 
 KINDS = ('spatial', 'channel')
 REDUCTION, MIN_HIDDEN = 16, 8
@@ -46,7 +47,7 @@ class ChannelAgent(nn.Module):
         return self.excite(x.mean((2, 3)))
 
     @staticmethod
-    def apply(x, attention):
+    def reweight(x, attention):
         return x * attention[:, :, None, None]
 
 
@@ -61,7 +62,7 @@ class SpatialAgent(nn.Module):
         return self.excite(x.mean(1).flatten(1))
 
     @staticmethod
-    def apply(x, attention):
+    def reweight(x, attention):
         return x * attention.view(x.shape[0], 1, x.shape[2], x.shape[3])
 
 
@@ -111,7 +112,7 @@ class SCALNet(nn.Module):
             x = block(x)
             if attention:
                 a = agent(x)
-                x = agent.apply(x, a)
+                x = agent.reweight(x, a)
                 maps.append(a)
         return (x, maps) if return_attention else x
 
@@ -148,22 +149,11 @@ def scal_attention_maps(model, images):
     for k, (block, agent) in enumerate(zip([model.trunk.stem, *model.trunk.stages], model.agents), 1):
         x = block(x)
         a = agent(x)
-        x = agent.apply(x, a)
+        x = agent.reweight(x, a)
         maps['agent{}_{}'.format(k, model.kind)] = (
             a.view(x.shape[0], x.shape[2], x.shape[3]) if model.kind == 'spatial' else x.abs().sum(1))
     return maps
 
 
-def _builder(kind):
-    def build(num_classes, loss='softmax', pretrained=True, use_gpu=True, height=256, width=128,
-              pretrained_path='', eval_feature='pooled'):
-        return SCALNet(num_classes, loss, kind, height=height, width=width,
-                       eval_feature=eval_feature, pretrained=pretrained,
-                       pretrained_path=pretrained_path)
-    build.__name__ = 'scal_{}_resnet50'.format(kind)
-    build.__doc__ = 'SCAL ResNet-50 with five {} agents (torchreid builder signature).'.format(kind)
-    return build
-
-
-scal_spatial_resnet50 = _builder('spatial')
-scal_channel_resnet50 = _builder('channel')
+scal_spatial_resnet50 = model_builder(SCALNet, 'scal_spatial_resnet50', kind='spatial')
+scal_channel_resnet50 = model_builder(SCALNet, 'scal_channel_resnet50', kind='channel')

@@ -70,3 +70,31 @@ def test_duplicate_model_names_are_errors(tiny_model_name):
 def test_unknown_model_lists_available():
     with pytest.raises(KeyError, match="Unknown model: 'no_such_net'.*resnet50"):
         build_model('no_such_net', 3)
+
+
+def test_model_builder_exposes_the_class_options_and_fixes_the_variant():
+    import inspect
+
+    import torch.nn as nn
+
+    from plugins.models import model_builder
+
+    class Net(nn.Module):
+        def __init__(self, num_classes, loss='softmax', variant='a', height=256, width=128,
+                     pretrained=False, pretrained_path=''):
+            super().__init__()
+            self.args = (num_classes, loss, variant, height, width, pretrained, pretrained_path)
+
+    build = model_builder(Net, 'net_b', variant='b')
+    params = inspect.signature(build).parameters
+    assert list(params) == ['num_classes', 'loss', 'pretrained', 'use_gpu', 'height', 'width',
+                            'pretrained_path']
+    assert build.__name__ == 'net_b' and 'variant' not in params
+    assert build(3).args == (3, 'softmax', 'b', 256, 128, True, '')
+    plugins.register_model('net_b_test', build)
+    try:
+        net = plugins.build_model('net_b_test', 4, loss='triplet', pretrained=False, height=64,
+                                  width=32, unknown_extra=1)
+        assert net.args == (4, 'triplet', 'b', 64, 32, False, '')
+    finally:
+        unregister_model('net_b_test')

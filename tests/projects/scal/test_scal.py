@@ -4,13 +4,12 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import plugins
 from plugins.export import check_parity, export_onnx, training_only_parameters
 from plugins.hooks import batchnorm_stats_frozen, optimizer_step
 from plugins.launch import build_run, setup_config
-from projects.scal.engine import STEP_KEY, build_scal_engine, rewards
+from projects.scal.engine import build_scal_engine, rewards
 from projects.scal.model import SCALNet, scal_attention_maps
 from tests.conftest import REPO, TINY_SYNTHREID, FakeDataManager, changed, snapshot
 
@@ -203,3 +202,14 @@ def test_benchmark_section_reports_the_ratio_to_the_plain_step(tmp_path):
     (run,) = runs.values()
     assert run['plain_s'] > 0 and run['ratio'] == pytest.approx(run['scal_s'] / run['plain_s'])
     assert 'without critic' in (tmp_path / 'benchmark.md').read_text()
+
+
+def test_model_apply_and_host_complexity_work():
+    """Agents must not shadow ``nn.Module.apply`` (init functions and torchreid's counter use it)."""
+    from torchreid.reid.utils import compute_model_complexity
+    model = SCALNet(5, kind='channel', height=64, width=32)
+    seen = []
+    model.apply(lambda m: seen.append(type(m).__name__))
+    assert seen.count('ChannelAgent') == 5
+    params, flops = compute_model_complexity(model, (1, 3, 64, 32))
+    assert params > 23e6 and flops > 0
