@@ -320,26 +320,45 @@ def train_for_budget(engine, cfg, epochs, run_dir, state, on_epoch=None):
     return state
 
 
-def _costs_worker(config_file, opts, root, onnx_path, queue):
-    """Runs in a fresh process so the CPU peak-memory figure belongs to the step alone."""
+def _call_and_put(fn, args, queue):
+    queue.put(fn(*args))
+
+
+def call_in_subprocess(fn, *args):
+    """``fn(*args)`` in a fresh (spawned) process, so its peak memory belongs to it alone.
+
+    ``fn`` must be importable (module level). A child that dies raises a
+    RuntimeError naming ``fn`` instead of blocking on its result.
+    """
+    import multiprocessing
+    import queue as queue_module
+
+    ctx = multiprocessing.get_context('spawn')
+    results = ctx.Queue()
+    proc = ctx.Process(target=_call_and_put, args=(fn, args, results))
+    proc.start()
+    while True:
+        try:
+            result = results.get(timeout=1.0)
+            break
+        except queue_module.Empty:
+            if not proc.is_alive() and results.empty():
+                raise RuntimeError('{} failed in its subprocess (exit code {})'.format(
+                    fn.__name__, proc.exitcode))
+    proc.join()
+    return result
+
+
+def costs_of_config(config_file, opts, root, onnx_path):
+    """:func:`measure_costs` of a config's freshly built run (call it in a subprocess)."""
     from .launch import build_run, setup_config
 
     cfg = setup_config(config_file, opts, root=root)
-    queue.put(measure_costs(build_run(cfg, verbose=False), cfg, onnx_path))
+    return measure_costs(build_run(cfg, verbose=False), cfg, onnx_path)
 
 
 def measure_costs_in_subprocess(config_file, opts, root, onnx_path):
-    import multiprocessing
-
-    ctx = multiprocessing.get_context('spawn')
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_costs_worker, args=(config_file, list(opts), root, onnx_path, queue))
-    proc.start()
-    proc.join()
-    if proc.exitcode != 0:
-        raise RuntimeError('Cost measurement of {} failed (exit code {})'.format(
-            config_file, proc.exitcode))
-    return queue.get()
+    return call_in_subprocess(costs_of_config, config_file, list(opts), root, onnx_path)
 
 
 def config_name(path):

@@ -141,6 +141,11 @@ class PluginEngine(Engine):
         return start_epoch
 
 
+def unwrap_model(model):
+    """The network inside a (Distributed)DataParallel wrapper, or the model itself."""
+    return getattr(model, 'module', model)
+
+
 def logits_of(outputs):
     """Identity logits of a torchreid training output (softmax: logits; triplet: (logits, feats))."""
     return outputs[0] if isinstance(outputs, tuple) else outputs

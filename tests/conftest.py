@@ -78,3 +78,11 @@ def load_tool(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_benchmark_section(name, out_dir):
+    """``tools/benchmark.py --sections NAME --quick``: returns (the section's JSON result, the Markdown)."""
+    import json
+    load_tool('benchmark').main(['--sections', name, '--quick', '--out-dir', str(out_dir)])
+    report = json.loads((out_dir / 'benchmark.json').read_text())
+    return report['sections'][name], (out_dir / 'benchmark.md').read_text()

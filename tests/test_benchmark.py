@@ -65,3 +65,13 @@ def test_training_budget_resumes_from_the_latest_checkpoint(tmp_path):
     assert epochs_seen == [2] and state['epochs_done'] == 2
     assert latest_checkpoint(run_dir).endswith('-2')
     assert not os.path.exists(os.path.join(run_dir, 'model', 'model.pth.tar-1'))  # stale removed
+
+
+def test_call_in_subprocess_returns_the_child_result_and_reports_a_dead_child():
+    import math
+
+    from plugins.benchmarking import call_in_subprocess
+    assert call_in_subprocess(os.getpid) != os.getpid()
+    assert call_in_subprocess(math.hypot, 3.0, 4.0) == 5.0
+    with pytest.raises(RuntimeError, match='sqrt failed in its subprocess'):
+        call_in_subprocess(math.sqrt, -1.0)

@@ -20,7 +20,7 @@ from collections import namedtuple
 import torch
 
 from plugins import LossTerm, PluginEngine
-from plugins.engine import accuracy, cross_entropy_term, triplet_term
+from plugins.engine import accuracy, cross_entropy_term, triplet_term, unwrap_model
 
 from .losses import mine_pairs, pair_cross_entropy, score_ranking_loss
 
@@ -31,10 +31,6 @@ CACHE_KEY = 'apinet_pairs'  # where a step's PairOutputs are kept in the batch d
 TORCHREID_LABEL_SMOOTH = 0.1  # epsilon of torchreid's CrossEntropyLoss(label_smooth=True)
 
 
-def _unwrap(model):
-    return getattr(model, 'module', model)
-
-
 def pair_outputs(engine, batch, outputs):
     """This step's pairs and attentive logits, computed once and kept in ``batch``.
 
@@ -42,7 +38,7 @@ def pair_outputs(engine, batch, outputs):
     """
     cached = batch.get(CACHE_KEY)
     if cached is None:
-        model = _unwrap(engine.model)
+        model = unwrap_model(engine.model)
         features = model.neck_features(outputs[1])
         pids = batch['pid']
         pairs = mine_pairs(features, pids)
@@ -61,9 +57,9 @@ def pairs_dropped(engine, batch, outputs):
 
 def check_apinet_run(cfg, model):
     """The engine needs the pair path and the pooled features in the training output."""
-    if not hasattr(_unwrap(model), 'pair_logits'):
+    if not hasattr(unwrap_model(model), 'pair_logits'):
         raise TypeError("engine 'apinet' needs an API-Net model (apinet_resnet50, "
-                        'apinet_resnet101), got {}'.format(type(_unwrap(model)).__name__))
+                        'apinet_resnet101), got {}'.format(type(unwrap_model(model)).__name__))
     if cfg.loss.name != 'triplet':
         raise ValueError("engine 'apinet' needs loss.name 'triplet' so that the model returns "
                          '(logits, features) in training; got {!r}'.format(cfg.loss.name))

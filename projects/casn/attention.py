@@ -118,5 +118,5 @@ def casn_attention_maps(model, images):
         logits = model.identity_logits(features)
         logits = logits if torch.is_tensor(logits) else torch.stack(logits).sum(0)
         identification = differentiable_cam(maps, logits.max(1).values)
-        siamese = differentiable_cam(maps, F.relu(model.siamese(model.features(maps))).sum(1))
+        siamese = differentiable_cam(maps, F.relu(model.siamese(features)).sum(1))
     return {'identification': identification.detach(), 'siamese': siamese.detach()}

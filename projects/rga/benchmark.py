@@ -13,9 +13,14 @@ step alone: CUDA peak allocated on a GPU, growth of the peak resident set on
 the CPU. Times are medians of :func:`plugins.benchmarking.median_time`.
 """
 import contextlib
-import multiprocessing
 
 import torch
+
+import plugins
+from plugins.benchmarking import (call_in_subprocess, median_time, peak_rss_mib, pk_batch,
+                                  reset_peak_rss, step_engine)
+
+from .reference import reference_rga
 
 HEIGHT, WIDTH, NUM_CLASSES = 256, 128, 751
 RUNS = (  # (label, model name, oracle)
@@ -43,11 +48,6 @@ def settings(quick=False):
 
 def measure_step(model_name, oracle, device, batch_size, precision, height, width, steps=5):
     """Time and peak memory of one training step; call in a fresh process for the memory figure."""
-    import plugins
-    from plugins.benchmarking import median_time, peak_rss_mib, pk_batch, reset_peak_rss, step_engine
-
-    from .reference import reference_rga
-
     torch.manual_seed(0)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     model = plugins.build_model(model_name, NUM_CLASSES, loss='triplet', pretrained=False,
@@ -73,26 +73,6 @@ def measure_step(model_name, oracle, device, batch_size, precision, height, widt
     return {'step_ms': 1e3 * step_s, 'mem_mib': mem_mib, 'threads': torch.get_num_threads()}
 
 
-def _worker(args, queue):
-    queue.put(measure_step(*args))
-
-
-def measure_in_subprocess(*args):
-    ctx = multiprocessing.get_context('spawn')
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_worker, args=(args, queue))
-    proc.start()
-    while proc.is_alive() or not queue.empty():
-        try:
-            result = queue.get(timeout=1.0)
-            proc.join()
-            return result
-        except Exception:  # queue.Empty: still measuring
-            continue
-    raise RuntimeError('Step measurement of {} failed in its subprocess (exit code {})'.format(
-        args[0], proc.exitcode))
-
-
 def setting_key(device, batch, precision, height, width):
     return '{} batch {} {} {}x{}'.format(device, batch, precision, height, width)
 
@@ -106,8 +86,8 @@ def run(args, previous, save):
         table = tables.setdefault(setting_key(*combo), {})
         for label, model_name, oracle in (QUICK_RUNS if quick else RUNS):
             if label not in table:
-                table[label] = dict(measure_in_subprocess(model_name, oracle, *combo,
-                                                          1 if quick else 5),
+                table[label] = dict(call_in_subprocess(measure_step, model_name, oracle, *combo,
+                                                       1 if quick else 5),
                                     model=model_name, oracle=oracle)
                 save(result)
     for table in tables.values():

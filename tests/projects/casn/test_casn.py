@@ -16,7 +16,8 @@ from projects.casn.attention import (aligned_attention, differentiable_cam,
 from projects.casn.benchmark import pair_batch
 from projects.casn.engine import build_casn_engine
 from projects.casn.model import CASNNet
-from tests.conftest import REPO, TINY_SYNTHREID, FakeDataManager, changed, snapshot
+from tests.conftest import (REPO, TINY_SYNTHREID, FakeDataManager, changed,
+                            run_benchmark_section, snapshot)
 
 CONFIG_DIR = os.path.join(REPO, 'configs', 'casn')
 
@@ -199,13 +200,10 @@ def test_attention_maps_for_visualisation():
 
 
 def test_benchmark_section_reports_the_ratio_to_identification_only(tmp_path):
-    import json
-    from tests.conftest import load_tool
-    load_tool('benchmark').main(['--sections', 'casn', '--quick', '--out-dir', str(tmp_path)])
-    runs = json.loads((tmp_path / 'benchmark.json').read_text())['sections']['casn']['runs']
-    (run,) = runs.values()
+    section, markdown = run_benchmark_section('casn', tmp_path)
+    (run,) = section['runs'].values()
     assert run['id_only_s'] > 0 and run['ratio'] == pytest.approx(run['casn_s'] / run['id_only_s'])
-    assert 'id only' in (tmp_path / 'benchmark.md').read_text()
+    assert 'id only' in markdown
 
 
 @pytest.mark.parametrize('height', [4, 6, 7, 9, 24])

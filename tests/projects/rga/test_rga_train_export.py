@@ -1,5 +1,4 @@
 """RGA through the user's paths: configs, a short training run, ONNX export, the benchmark section."""
-import json
 import os
 
 import pytest
@@ -8,7 +7,7 @@ import torch
 import plugins
 from plugins.export import check_parity, export_onnx, read_metadata
 from plugins.launch import build_run, setup_config
-from tests.conftest import REPO, TINY_SYNTHREID, load_tool
+from tests.conftest import REPO, TINY_SYNTHREID, run_benchmark_section
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 CONFIG_DIR = os.path.join(REPO, 'configs', 'rga')
@@ -73,14 +72,12 @@ def test_onnx_export_matches_pytorch_with_a_dynamic_batch(tmp_path, name):
 
 
 def test_benchmark_section_compares_ours_with_the_oracle(tmp_path):
-    tool = load_tool('benchmark')
-    tool.main(['--sections', 'rga', '--quick', '--out-dir', str(tmp_path)])
-    tables = json.loads((tmp_path / 'benchmark.json').read_text())['sections']['rga']['settings']
-    (table,) = tables.values()
+    section, markdown = run_benchmark_section('rga', tmp_path)
+    (table,) = section['settings'].values()
     assert set(table) == {'resnet50 (torchreid)', 'rga_sc_resnet50 oracle', 'rga_sc_resnet50 ours'}
     ours = table['rga_sc_resnet50 ours']
     assert ours['step_ms'] > 0 and ours['time_vs_oracle'] > 0 and 'mem_vs_oracle' in ours
-    assert 'time vs oracle' in (tmp_path / 'benchmark.md').read_text()
+    assert 'time vs oracle' in markdown
 
 
 def test_every_rga_weight_counts_as_used_at_inference():

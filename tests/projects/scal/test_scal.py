@@ -11,7 +11,8 @@ from plugins.hooks import batchnorm_stats_frozen, optimizer_step
 from plugins.launch import build_run, setup_config
 from projects.scal.engine import build_scal_engine, rewards
 from projects.scal.model import SCALNet, scal_attention_maps
-from tests.conftest import REPO, TINY_SYNTHREID, FakeDataManager, changed, snapshot
+from tests.conftest import (REPO, TINY_SYNTHREID, FakeDataManager, changed,
+                            run_benchmark_section, snapshot)
 
 CONFIG_DIR = os.path.join(REPO, 'configs', 'scal')
 KINDS = ['spatial', 'channel']
@@ -195,13 +196,10 @@ def test_shipped_configs_load_and_wrong_sizes_or_models_are_named():
 
 
 def test_benchmark_section_reports_the_ratio_to_the_plain_step(tmp_path):
-    import json
-    from tests.conftest import load_tool
-    load_tool('benchmark').main(['--sections', 'scal', '--quick', '--out-dir', str(tmp_path)])
-    runs = json.loads((tmp_path / 'benchmark.json').read_text())['sections']['scal']['runs']
-    (run,) = runs.values()
+    section, markdown = run_benchmark_section('scal', tmp_path)
+    (run,) = section['runs'].values()
     assert run['plain_s'] > 0 and run['ratio'] == pytest.approx(run['scal_s'] / run['plain_s'])
-    assert 'without critic' in (tmp_path / 'benchmark.md').read_text()
+    assert 'without critic' in markdown
 
 
 def test_model_apply_and_host_complexity_work():
