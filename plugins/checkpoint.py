@@ -60,11 +60,11 @@ def atomic_save(obj, fpath):
             os.remove(tmp)
 
 
-def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=False):
+def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=False, name=None):
     """Drop-in for torchreid's ``save_checkpoint``: plain numbers, atomic write.
 
-    Writes ``save_dir/model.pth.tar-<epoch>`` and, when ``is_best``, copies it to
-    ``model-best.pth.tar``. Returns the path written.
+    Writes ``save_dir/<name>`` (default ``model.pth.tar-<epoch>``) and, when
+    ``is_best``, copies it to ``model-best.pth.tar``. Returns the path written.
     """
     state = {k: (plain(v) if k not in ('state_dict', 'optimizer', 'scheduler') else v)
              for k, v in state.items()}
@@ -73,7 +73,7 @@ def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=Fals
             (k[len('module.'):] if k.startswith('module.') else k): v
             for k, v in state['state_dict'].items()
         }
-    fpath = osp.join(save_dir, 'model.pth.tar-{}'.format(state['epoch']))
+    fpath = osp.join(save_dir, name or 'model.pth.tar-{}'.format(state['epoch']))
     atomic_save(state, fpath)
     print('Checkpoint saved to "{}"'.format(fpath))
     if is_best:

@@ -1,26 +1,36 @@
 """Engines: the host's loop with pluggable loss terms and hooks.
 
-:class:`PluginEngine` subclasses ``torchreid.engine.Engine`` and overrides only
-``forward_backward`` (the host's ``run()`` loop, evaluation, TensorBoard writer
-and LR stepping stay the host's), ``save_model`` (plain numbers, atomic files,
-hook state) and adds :meth:`PluginEngine.resume` for every registered network.
+:class:`PluginEngine` subclasses ``torchreid.engine.Engine``: the host's
+``register_model``, evaluation, TensorBoard writer and LR stepping stay; the
+step (``forward_backward``), the epoch loop (``run``/``train``: distributed,
+mixed precision, sync-free logging, non-finite skipping, stop on signals) and
+checkpointing (``save_model``/``resume`` of every network, mid-epoch included)
+are ours.
 
 An engine is picked by name from the config (``engine.name``, or ``loss.name``
 when empty) through :data:`ENGINES`, whose entries are builders called as
 ``builder(cfg, datamanager, model, optimizer, scheduler) -> PluginEngine``.
 """
+import datetime
 import os.path as osp
+import signal
+import time
 from collections import namedtuple
 
 import torch
+from torch.utils.tensorboard import SummaryWriter
 from torchreid.reid import engine as host_engines
 from torchreid.reid import metrics
 from torchreid.reid.engine import Engine
 from torchreid.reid.losses import CrossEntropyLoss, TripletLoss
 
+from . import distributed
 from .checkpoint import load_checkpoint, plain, save_checkpoint
-from .hooks import TeacherDistillationHook, optimizer_step
+from .hooks import TeacherDistillationHook
+from .precision import Precision
 from .registry import Registry
+from .resilience import (NonFiniteLossError, StopOnSignal, TrainingInterrupted, checkpoint_name,
+                         rng_state, set_rng_state)
 
 ENGINES = Registry('engine')
 
@@ -38,26 +48,71 @@ def register_engine(name, builder=None):
 class PluginEngine(Engine):
     """Host engine whose step is: hooks, forward, weighted loss terms, backward, hooks.
 
+    The host's data managers, ``register_model``, evaluation, TensorBoard writer
+    and LR stepping are kept; the epoch loop is ours (:meth:`run`, :meth:`train`)
+    because it adds what the host's lacks:
+
+    * distributed data parallel under torchrun (:mod:`plugins.distributed`): every
+      registered network is wrapped in DDP, rank 0 alone logs, evaluates, saves;
+    * mixed precision (``amp``: :mod:`plugins.precision`) for every network's step;
+    * no host synchronisation per step: losses are summed on the device and read
+      at ``print_freq`` (the non-finite check reads a flag copied while the
+      backward is queued);
+    * a step with a non-finite loss term is skipped and counted; after
+      ``nonfinite_patience`` such steps in a row a checkpoint is saved and
+      :class:`~plugins.resilience.NonFiniteLossError` names the term;
+    * SIGINT/SIGTERM save a checkpoint of everything (with the iteration and RNG
+      state) and raise :class:`~plugins.resilience.TrainingInterrupted`; resuming
+      from it continues the same epoch where it stopped.
+
     Args:
         datamanager, model, optimizer, scheduler, use_gpu: as torchreid's engines.
         loss_terms (list[LossTerm]): terms of the main loss; a zero weight skips a term.
         hooks (list[Hook]): see :class:`plugins.hooks.Hook` for the stage order.
         metric_fns (dict): ``name -> fn(engine, batch, outputs)`` logged each step, not trained.
+        amp (str): '' (fp32), 'bf16' or 'fp16'.
+        nonfinite_patience (int): non-finite steps in a row before stopping; 0 disables
+            the check (and its one flag read per step).
+        find_unused_parameters (bool): passed to DDP (needed with ``fixbase_epoch``).
     """
 
     def __init__(self, datamanager, model, optimizer, scheduler=None, use_gpu=True,
-                 loss_terms=(), hooks=(), metric_fns=None):
+                 loss_terms=(), hooks=(), metric_fns=None, amp='', nonfinite_patience=10,
+                 find_unused_parameters=False):
         super().__init__(datamanager, use_gpu)
-        self.device = torch.device('cuda' if self.use_gpu else 'cpu')
-        self.model = model.to(self.device)
+        if self.use_gpu:
+            self.device = torch.device('cuda', torch.cuda.current_device())
+        else:
+            self.device = torch.device('cpu')
+        self.precision = Precision(amp, self.device)
+        self.nonfinite_patience = nonfinite_patience
+        self.find_unused_parameters = find_unused_parameters
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.register_model('model', model, optimizer, scheduler)
+        self.model = self.register_model('model', model, optimizer, scheduler)
         self.loss_terms = list(loss_terms)
         self.metric_fns = dict(metric_fns or {})
         self.hooks = []
         for hook in hooks:
             self.add_hook(hook)
+        self.nonfinite_in_a_row = 0
+        self.skipped_steps = 0
+        self._bad_terms = []
+        self._resume_point = None
+        self._epoch_rng = None
+        self._stop = StopOnSignal()
+        self.batch_idx = 0
+        self.save_dir = 'log'
+
+    def register_model(self, name='model', model=None, optim=None, sched=None):
+        """The host's registration, on the engine's device and DDP-wrapped when distributed.
+
+        Returns the network to call for trainable forwards (the DDP wrapper under
+        torchrun); frozen side passes should call the unwrapped module.
+        """
+        model = distributed.wrap(model.to(self.device), self.device, self.find_unused_parameters)
+        super().register_model(name, model, optim, sched)
+        return model
 
     def add_hook(self, hook):
         if any(h.name == hook.name for h in self.hooks) or hook.name in self._models:
@@ -81,46 +136,230 @@ class PluginEngine(Engine):
         return self.model(batch['img'])
 
     def forward_backward(self, data):
+        """One training step; returns ``{name: detached tensor}`` (read only when logging)."""
         batch = self.parse_batch(data)
         log = {}
-        for hook in self.hooks:
-            log.update(hook.before_step(self, batch) or {})
-        outputs = self.model_outputs(batch)
-        for hook in self.hooks:
-            log.update(hook.after_forward(self, batch, outputs) or {})
-        terms = {t.name: t.weight * t.fn(self, batch, outputs) for t in self.loss_terms if t.weight}
-        for hook in self.hooks:
-            terms.update(hook.loss_terms(self, batch, outputs))
-        optimizer_step(self.optimizer, sum(terms.values()))
-        for hook in self.hooks:
-            log.update(hook.after_step(self, batch, outputs) or {})
-        summary = {name: value.item() for name, value in terms.items()}
+        self._bad_terms = []
+        with self.precision.autocast():
+            for hook in self.hooks:
+                log.update(hook.before_step(self, batch) or {})
+            outputs = self.model_outputs(batch)
+            for hook in self.hooks:
+                log.update(hook.after_forward(self, batch, outputs) or {})
+            terms = {t.name: t.weight * t.fn(self, batch, outputs)
+                     for t in self.loss_terms if t.weight}
+            for hook in self.hooks:
+                terms.update(hook.loss_terms(self, batch, outputs))
+        self.optimizer_step(self.optimizer, terms)
+        with self.precision.autocast():
+            for hook in self.hooks:
+                log.update(hook.after_step(self, batch, outputs) or {})
+        summary = {name: value.detach() for name, value in terms.items()}
         summary.update(log)
         with torch.no_grad():
-            summary.update({name: float(fn(self, batch, outputs))
-                            for name, fn in self.metric_fns.items()})
+            summary.update({name: fn(self, batch, outputs) for name, fn in self.metric_fns.items()})
+        self._count_nonfinite()
         return summary
 
-    def save_model(self, epoch, rank1, save_dir, is_best=False):
-        """Save every registered network; the main one also carries the hooks' state."""
-        for name in self.get_model_names():
-            optim, sched = self._optims[name], self._scheds[name]
+    def optimizer_step(self, optimizer, terms):
+        """Backward of ``sum(terms.values())`` and a step of ``optimizer``, unless a term is
+        non-finite on any rank: then the gradients are dropped and the step skipped.
+
+        Every network's update goes through here (hooks included), so mixed
+        precision, DDP-consistent skipping and counting apply to all of them.
+        Returns the names of the non-finite terms (empty when the step was taken).
+        """
+        names = list(terms)
+        loss = sum(terms.values())
+        read_flags = None
+        if self.nonfinite_patience:
+            flags = torch.stack([~torch.isfinite(terms[n].detach()).all() for n in names])
+            read_flags = _read_later(distributed.all_reduce_max(flags.to(torch.uint8)))
+        scaler = self.precision.scaler(self._network_of(optimizer))
+        optimizer.zero_grad(set_to_none=True)
+        with self.precision.full_precision():
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            bad = [n for n, flag in zip(names, read_flags()) if flag] if read_flags else []
+            if bad:
+                optimizer.zero_grad(set_to_none=True)
+                self._bad_terms.extend(bad)
+                return bad
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+        return bad
+
+    def _network_of(self, optimizer):
+        for name, optim in self._optims.items():
+            if optim is optimizer:
+                return name
+        return 'model'
+
+    def _count_nonfinite(self):
+        if not self._bad_terms:
+            self.nonfinite_in_a_row = 0
+            return
+        self.nonfinite_in_a_row += 1
+        self.skipped_steps += 1
+        if self.nonfinite_in_a_row >= self.nonfinite_patience:
+            path = self.save_model(self.epoch, 0, self.save_dir, iteration=self.batch_idx + 1)
+            raise NonFiniteLossError(
+                'Loss term(s) {} non-finite in {} steps in a row (epoch {}, iteration {}); '
+                'stopped after saving "{}". Lower train.lr, check the data, or try '
+                'train.amp \'\' (train.nonfinite_patience sets the limit).'.format(
+                    sorted(set(self._bad_terms)), self.nonfinite_in_a_row, self.epoch + 1,
+                    self.batch_idx + 1, path))
+
+    def two_stepped_transfer_learning(self, epoch, fixbase_epoch, open_layers, model=None):
+        """The host's layer freezing, applied to the network inside a DDP wrapper."""
+        super().two_stepped_transfer_learning(epoch, fixbase_epoch, open_layers,
+                                              unwrap_model(model or self.model))
+
+    def extract_features(self, input):
+        """Evaluation runs on rank 0 alone, so it must not call the DDP wrapper."""
+        return unwrap_model(self.model)(input)
+
+    def run(self, save_dir='log', max_epoch=0, start_epoch=0, print_freq=10, fixbase_epoch=0,
+            open_layers=None, start_eval=0, eval_freq=-1, test_only=False, **test_kwargs):
+        """The host's ``Engine.run`` (same arguments and schedule of tests and saves)."""
+        if test_kwargs.get('visrank') and not test_only:
+            raise ValueError('visrank can be set to True only if test_only=True')
+        self.save_dir = save_dir
+        if test_only:
+            if distributed.is_main():
+                self.test(save_dir=save_dir, **test_kwargs)
+            distributed.barrier()
+            return
+        test_kwargs.pop('rerank', None)  # the host re-ranks in test-only runs alone
+        if self.writer is None and distributed.is_main():
+            self.writer = SummaryWriter(log_dir=save_dir)
+        time_start = time.time()
+        self.start_epoch, self.max_epoch = start_epoch, max_epoch
+        self.epoch = max(start_epoch, max_epoch) - 1
+        print('=> Start training')
+        with self._stop:
+            for self.epoch in range(start_epoch, max_epoch):
+                self.train(print_freq=print_freq, fixbase_epoch=fixbase_epoch,
+                           open_layers=open_layers)
+                if (self.epoch + 1) >= start_eval and eval_freq > 0 \
+                        and (self.epoch + 1) % eval_freq == 0 and (self.epoch + 1) != max_epoch:
+                    self._test_and_save(save_dir, test_kwargs)
+            if max_epoch > 0:
+                print('=> Final test')
+                self._test_and_save(save_dir, test_kwargs)
+        print('Elapsed {}'.format(datetime.timedelta(seconds=round(time.time() - time_start))))
+        if self.writer is not None:
+            self.writer.close()
+
+    def _test_and_save(self, save_dir, test_kwargs):
+        rank1 = self.test(save_dir=save_dir, **test_kwargs) if distributed.is_main() else 0
+        distributed.barrier()
+        self.save_model(self.epoch, rank1, save_dir)
+
+    def train(self, print_freq=10, fixbase_epoch=0, open_layers=None):
+        """One epoch. Resumes inside the epoch when the checkpoint was saved mid-epoch."""
+        self.set_model_mode('train')
+        self.two_stepped_transfer_learning(self.epoch, fixbase_epoch, open_layers)
+        loader = self.train_loader
+        if hasattr(loader.sampler, 'set_epoch'):
+            loader.sampler.set_epoch(self.epoch)
+        resume, self._resume_point = self._resume_point, None
+        if resume is not None and resume['epoch'] == self.epoch and resume['iteration']:
+            set_rng_state(resume['epoch_rng'])
+        self._epoch_rng = rng_state()
+        self.num_batches = len(loader)
+        batches = iter(loader)
+        first = 0
+        if resume is not None:
+            if resume['epoch'] == self.epoch and resume['iteration']:
+                first = resume['iteration']
+                for _ in range(first):  # the same images and augmentation draws as before
+                    next(batches)
+            set_rng_state(resume['rng'])
+        meter = _DeviceMeter()
+        tick = time.time()
+        for self.batch_idx, data in enumerate(batches, start=first):
+            meter.add(self.forward_backward(data))
+            done = self.batch_idx + 1
+            if done % print_freq == 0 or done == self.num_batches:
+                tick = self._log(meter, done, tick)
+            if self._stop_requested():
+                path = self.save_model(self.epoch, 0, self.save_dir, iteration=done)
+                raise TrainingInterrupted(self._stop.signum or signal.SIGTERM, path)
+        self.update_lr()
+
+    def _stop_requested(self):
+        if not distributed.is_distributed():
+            return self._stop.signum is not None
+        flag = torch.tensor([self._stop.signum or 0], device=self.device)
+        distributed.all_reduce_max(flag)
+        if flag.item() and self._stop.signum is None:
+            self._stop.signum = int(flag.item())
+        return bool(flag.item())
+
+    def _log(self, meter, done, tick):
+        """Read the running sums (the only per-interval sync) and print/write them."""
+        averages = meter.read()
+        now = time.time()
+        step_time = (now - tick) / max(meter.count, 1)
+        meter.reset()
+        if not distributed.is_main():
+            return now
+        remaining = self.num_batches - done + (self.max_epoch - self.epoch - 1) * self.num_batches
+        print('epoch: [{}/{}][{}/{}]\ttime {:.3f}\teta {}\t{}\tskipped {}\tlr {:.6f}'.format(
+            self.epoch + 1, self.max_epoch, done, self.num_batches, step_time,
+            datetime.timedelta(seconds=int(step_time * remaining)),
+            '  '.join('{} {:.4f}'.format(k, v) for k, v in averages.items()),
+            self.skipped_steps, self.get_current_lr()), flush=True)
+        if self.writer is not None:
+            n_iter = self.epoch * self.num_batches + done
+            self.writer.add_scalar('Train/time', step_time, n_iter)
+            self.writer.add_scalar('Train/lr', self.get_current_lr(), n_iter)
+            self.writer.add_scalar('Train/skipped', self.skipped_steps, n_iter)
+            for name, value in averages.items():
+                self.writer.add_scalar('Train/' + name, value, n_iter)
+        return now
+
+    def save_model(self, epoch, rank1, save_dir, is_best=False, iteration=0):
+        """Save every registered network (rank 0 only); returns the main model's path.
+
+        After a finished epoch (``iteration`` 0) the file is ``model.pth.tar-<epoch+1>``;
+        stopped after ``iteration`` steps of ``epoch`` it is ``model.pth.tar-<epoch>+iter<i>``
+        and also holds the RNG state at the epoch's start, so a resume replays the
+        epoch's batches exactly. The main checkpoint carries the hooks', the gradient
+        scalers' and the RNG state.
+        """
+        epochs_done = epoch if iteration else epoch + 1
+        name = checkpoint_name(epochs_done, iteration)
+        path = osp.join(save_dir, 'model', name)
+        if not distributed.is_main():
+            return path
+        for net in self.get_model_names():
+            optim, sched = self._optims[net], self._scheds[net]
             state = {
-                'state_dict': self._models[name].state_dict(),
-                'epoch': epoch + 1,
+                'state_dict': unwrap_model(self._models[net]).state_dict(),
+                'epoch': epochs_done,
+                'iteration': iteration,
                 'rank1': plain(rank1),
                 'optimizer': optim.state_dict() if optim is not None else None,
                 'scheduler': sched.state_dict() if sched is not None else None,
             }
-            if name == 'model':
+            if net == 'model':
                 state['hooks'] = {h.name: h.state_dict() for h in self.hooks}
-            save_checkpoint(state, osp.join(save_dir, name), is_best=is_best)
+                state['scalers'] = self.precision.state_dict()
+                state['rng'] = rng_state()
+                if iteration:
+                    state['epoch_rng'] = self._epoch_rng
+            save_checkpoint(state, osp.join(save_dir, net), is_best=is_best, name=name)
+        return path
 
     def resume(self, fpath):
         """Restore every network, optimiser, scheduler and hook from a checkpoint of the main model.
 
-        ``fpath`` is ``<save_dir>/model/model.pth.tar-N``; the other networks are read
-        from ``<save_dir>/<name>/model.pth.tar-N``. Returns the epoch to start from.
+        ``fpath`` is ``<save_dir>/model/<file>``; the other networks are read from
+        ``<save_dir>/<name>/<file>``. Returns the epoch to start from.
         """
         root, fname = osp.split(osp.abspath(fpath))
         root = osp.dirname(root)
@@ -128,7 +367,7 @@ class PluginEngine(Engine):
         for name in self.get_model_names():
             path = fpath if name == 'model' else osp.join(root, name, fname)
             ckpt = load_checkpoint(path)
-            self._models[name].load_state_dict(ckpt['state_dict'])
+            unwrap_model(self._models[name]).load_state_dict(ckpt['state_dict'])
             if self._optims[name] is not None and ckpt.get('optimizer'):
                 self._optims[name].load_state_dict(ckpt['optimizer'])
             if self._scheds[name] is not None and ckpt.get('scheduler'):
@@ -137,8 +376,58 @@ class PluginEngine(Engine):
                 start_epoch = ckpt['epoch']
                 for hook in self.hooks:
                     hook.load_state_dict(ckpt.get('hooks', {}).get(hook.name, {}))
-            print('Resumed {!r} from "{}" (epoch {})'.format(name, path, ckpt['epoch']))
+                self.precision.load_state_dict(ckpt.get('scalers'))
+                if 'rng' in ckpt:
+                    self._resume_point = {'epoch': start_epoch, 'rng': ckpt['rng'],
+                                          'iteration': ckpt.get('iteration', 0),
+                                          'epoch_rng': ckpt.get('epoch_rng')}
+            where = ('epoch {}, iteration {}'.format(ckpt['epoch'] + 1, ckpt['iteration'])
+                     if ckpt.get('iteration') else 'epoch {}'.format(ckpt['epoch']))
+            print('Resumed {!r} from "{}" ({})'.format(name, path, where))
         return start_epoch
+
+
+class _DeviceMeter:
+    """Sums of per-step values kept on their device; one transfer when read."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.sums, self.count = {}, 0
+
+    def add(self, summary):
+        self.count += 1
+        for name, value in summary.items():
+            value = torch.as_tensor(value).detach().float().reshape(())  # one number per name
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+
+    def read(self):
+        if not self.sums:
+            return {}
+        names = list(self.sums)
+        device = self.sums[names[0]].device
+        values = torch.stack([self.sums[n].to(device) for n in names]) / self.count
+        return dict(zip(names, values.tolist()))
+
+
+def _read_later(flags):
+    """A function returning ``flags`` as a list, copied to the host without blocking now.
+
+    On CUDA the copy is queued with an event; reading it after the backward has been
+    queued waits only for the forward, so the GPU never idles for the check.
+    """
+    if flags.device.type != 'cuda':
+        return flags.tolist
+    host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=True)
+    host.copy_(flags, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+
+    def read():
+        event.synchronize()
+        return host.tolist()
+    return read
 
 
 def unwrap_model(model):

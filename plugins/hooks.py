@@ -10,9 +10,12 @@ general hooks here cover what the projects need:
 * :class:`TeacherDistillationHook`: a frozen teacher loaded from a local
   torchreid checkpoint, adding a KL or feature distillation term.
 
-Networks a hook trains are registered with the host engine's
-``register_model``, so checkpointing, train/eval switching and LR stepping cover
-them. A frozen teacher is deliberately not registered: it is never saved.
+Networks a hook trains are registered with the engine's ``register_model``, so
+checkpointing, train/eval switching, LR stepping and DDP wrapping cover them;
+their steps go through ``engine.optimizer_step`` (mixed precision, non-finite
+skipping). Trainable passes call the registered (possibly DDP-wrapped) network,
+frozen passes the bare module. A frozen teacher is deliberately not registered:
+it is never saved.
 """
 import contextlib
 
@@ -65,12 +68,6 @@ def batchnorm_stats_frozen(module):
             m.num_batches_tracked.copy_(tracked)
 
 
-def optimizer_step(optimizer, loss):
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-
-
 class Hook:
     """Base hook; every stage is optional.
 
@@ -83,7 +80,8 @@ class Hook:
          the main loss (already weighted);
       5. main backward and optimizer step;
       6. ``after_step(engine, batch, outputs)``.
-    Stages 3 and 6 may return a ``{name: float}`` dict that is logged.
+    Stages 3 and 6 may return a ``{name: tensor or float}`` dict that is logged;
+    return detached tensors (no ``.item()``) so that a step never waits for the device.
     """
 
     name = 'hook'
@@ -139,15 +137,15 @@ class CriticUpdateHook(Hook):
         self.name = name
 
     def attach(self, engine):
-        self.critic.to(engine.device)
-        engine.register_model(self.name, self.critic, self.optimizer, self.scheduler)
+        self.trained_critic = engine.register_model(self.name, self.critic, self.optimizer,
+                                                    self.scheduler)
 
     def _fit(self, engine, batch, outputs):
         inputs = tuple(x.detach() for x in self.inputs_fn(engine, batch, outputs))
         reward = self.reward_fn(engine, batch, outputs).detach().float()
-        mse = F.mse_loss(self.critic(*inputs).view(-1).float(), reward.view(-1))
-        optimizer_step(self.optimizer, mse)
-        return {self.name + '_mse': mse.item()}
+        mse = F.mse_loss(self.trained_critic(*inputs).view(-1).float(), reward.view(-1))
+        engine.optimizer_step(self.optimizer, {self.name + '_mse': mse})
+        return {self.name + '_mse': mse.detach()}
 
     def after_forward(self, engine, batch, outputs):
         return self._fit(engine, batch, outputs) if self.update_first else None
@@ -187,13 +185,13 @@ class AdversarialStepHook(Hook):
         self.name = name
 
     def attach(self, engine):
-        self.discriminator.to(engine.device)
-        engine.register_model(self.name, self.discriminator, self.optimizer, self.scheduler)
+        self.trained_discriminator = engine.register_model(self.name, self.discriminator,
+                                                           self.optimizer, self.scheduler)
 
     def after_forward(self, engine, batch, outputs):
-        d_loss = self.d_loss_fn(self.discriminator, engine, batch, outputs)
-        optimizer_step(self.optimizer, d_loss)
-        return {self.name + '_loss': d_loss.item()}
+        d_loss = self.d_loss_fn(self.trained_discriminator, engine, batch, outputs)
+        engine.optimizer_step(self.optimizer, {self.name + '_loss': d_loss})
+        return {self.name + '_loss': d_loss.detach()}
 
     def loss_terms(self, engine, batch, outputs):
         if self.g_loss_fn is None or not self.g_weight:

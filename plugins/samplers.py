@@ -32,6 +32,7 @@ from torch.utils.data import Sampler
 from torchreid.reid.data import datamanager as _host_datamanager
 from torchreid.reid.data import sampler as _host_sampler
 
+from plugins import distributed
 from plugins.registry import Registry
 
 __all__ = [
@@ -54,6 +55,12 @@ _HOST_BUILD = getattr(
 )
 
 _OPTIONS = {}
+_SHARD_SEED = [0]
+
+
+def set_shard_seed(seed):
+    """Seed with which distributed runs draw each epoch's global order (``train.seed``)."""
+    _SHARD_SEED[0] = int(seed)
 
 
 def _builtin_names():
@@ -159,12 +166,17 @@ def build_train_sampler(
     :func:`set_sampler_options`, updated by ``kwargs``; built-in names go to the
     host's original function (which ignores ``kwargs``, as before).
 
+    In a distributed run ``batch_size`` is the per-rank batch the loader uses: the
+    sampler is built for the global batch and wrapped in
+    :class:`plugins.distributed.BatchShard`, which hands this rank its slice.
+
     Raises:
         KeyError: unknown name (the message lists built-in and registered names).
         TypeError: unknown option for a registered sampler.
     """
+    world = distributed.get_world_size()
     host_kwargs = dict(
-        batch_size=batch_size,
+        batch_size=batch_size * world,
         num_instances=num_instances,
         num_cams=num_cams,
         num_datasets=num_datasets
@@ -172,10 +184,14 @@ def build_train_sampler(
     if train_sampler in SAMPLERS:
         options = {**_OPTIONS.get(train_sampler, {}), **kwargs}
         _check_options(train_sampler, options)
-        return SAMPLERS.get(train_sampler)(data_source, **host_kwargs, **options)
-    if train_sampler in _builtin_names():
-        return _HOST_BUILD(data_source, train_sampler, **host_kwargs, **kwargs)
-    raise _unknown_sampler(train_sampler)
+        sampler = SAMPLERS.get(train_sampler)(data_source, **host_kwargs, **options)
+    elif train_sampler in _builtin_names():
+        sampler = _HOST_BUILD(data_source, train_sampler, **host_kwargs, **kwargs)
+    else:
+        raise _unknown_sampler(train_sampler)
+    if world > 1:
+        sampler = distributed.BatchShard(sampler, batch_size * world, seed=_SHARD_SEED[0])
+    return sampler
 
 
 build_train_sampler.host_build_train_sampler = _HOST_BUILD

@@ -7,7 +7,7 @@ import torch
 
 import plugins
 from plugins.export import check_parity, export_onnx, training_only_parameters
-from plugins.hooks import batchnorm_stats_frozen, optimizer_step
+from plugins.hooks import batchnorm_stats_frozen
 from plugins.launch import build_run, setup_config
 from projects.scal.engine import build_scal_engine, rewards
 from projects.scal.model import SCALNet, scal_attention_maps
@@ -93,9 +93,9 @@ def test_critic_update_changes_only_the_critic_and_agent_update_no_critic_weight
 
     critic_before = snapshot(hook.critic)
     critic_grads = [p.grad.clone() for p in hook.critic.parameters()]  # left by the critic's step
-    terms = [t.weight * t.fn(engine, batch, outputs) for t in engine.loss_terms]
-    terms += list(hook.loss_terms(engine, batch, outputs).values())
-    optimizer_step(engine.optimizer, sum(terms))
+    terms = {t.name: t.weight * t.fn(engine, batch, outputs) for t in engine.loss_terms}
+    terms.update(hook.loss_terms(engine, batch, outputs))
+    engine.optimizer_step(engine.optimizer, terms)
     assert not changed(critic_before, hook.critic)
     assert all(torch.equal(p.grad, g) for p, g in zip(hook.critic.parameters(), critic_grads))
     moved = changed(model_before, engine.model)

@@ -1,0 +1,167 @@
+"""Distributed data-parallel training under ``torchrun`` (single or multi node).
+
+Without torchrun's environment (``WORLD_SIZE`` unset or 1) every function here
+is a no-op and training runs exactly as before. Under torchrun:
+
+* :func:`init_from_env` starts the process group (NCCL on GPUs, gloo on CPU) and
+  pins each rank to ``cuda:LOCAL_RANK``;
+* ``train.batch_size`` stays the **global** batch: each rank loads
+  ``batch_size / world_size`` images, and :class:`BatchShard` gives rank r the
+  r-th contiguous slice of every global batch drawn by the configured sampler,
+  so a PK batch (identities in runs of K) splits into whole identities, disjoint
+  between ranks, and a pairwise batch into whole pairs;
+* networks are wrapped in ``DistributedDataParallel`` (:func:`wrap`), and losses
+  that compare samples (batch-hard triplet) see the global batch through
+  :func:`gather_with_grad`, so N processes train like one process on the
+  global batch;
+* only rank 0 logs, writes TensorBoard, evaluates and saves (:func:`is_main`).
+"""
+import os
+import random
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+def is_distributed():
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_world_size():
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def get_rank():
+    return dist.get_rank() if is_distributed() else 0
+
+
+def is_main():
+    """True on the process that logs, evaluates and writes checkpoints."""
+    return get_rank() == 0
+
+
+def init_from_env(use_gpu):
+    """Join the process group torchrun describes; returns the device this rank trains on.
+
+    Returns ``None`` (nothing to do) when not launched by torchrun with more than
+    one process.
+    """
+    if int(os.environ.get('WORLD_SIZE', '1')) <= 1:
+        return None
+    if not is_distributed():
+        backend = 'nccl' if use_gpu else 'gloo'
+        if use_gpu:
+            torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0')))
+        dist.init_process_group(backend=backend)
+    return torch.device('cuda', torch.cuda.current_device()) if use_gpu else torch.device('cpu')
+
+
+def barrier():
+    if is_distributed():
+        dist.barrier()
+
+
+def per_rank_batch(batch_size):
+    """The images each rank loads for a global batch of ``batch_size``."""
+    n = get_world_size()
+    if batch_size % n:
+        raise ValueError('train.batch_size={} (the global batch) is not divisible by the {} '
+                         'processes'.format(batch_size, n))
+    return batch_size // n
+
+
+def wrap(module, device, find_unused_parameters=False):
+    """``DistributedDataParallel(module)`` when distributed and trainable; else the module."""
+    if not is_distributed() or not any(p.requires_grad for p in module.parameters()):
+        return module
+    device_ids = [device.index] if device.type == 'cuda' else None
+    return torch.nn.parallel.DistributedDataParallel(
+        module, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
+
+
+def gather_with_grad(tensor):
+    """Concatenate ``tensor`` from every rank in rank order; gradients flow back to each rank.
+
+    Each rank computes the same global loss; the all-gather's backward sums the
+    ranks' gradients for the local slice and DDP's averaging divides by the world
+    size again, so parameters get exactly the single-process gradient.
+    """
+    if not is_distributed():
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+
+
+def all_reduce_max(tensor):
+    """Element-wise maximum over ranks, in place (a flag raised on any rank is raised on all)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+class _seeded_host_rngs:
+    """Seed python, numpy and torch RNGs for a block and restore them afterwards.
+
+    Used to draw an epoch's global order identically on every rank, whatever the
+    sampler, without disturbing the training RNG streams.
+    """
+
+    def __init__(self, seed):
+        self.seed = seed
+
+    def __enter__(self):
+        self.saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        random.seed(self.seed)
+        np.random.seed(self.seed)
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc):
+        random.setstate(self.saved[0])
+        np.random.set_state(self.saved[1])
+        torch.set_rng_state(self.saved[2])
+
+
+class BatchShard(Sampler):
+    """Rank ``r``'s slice of every global batch of a sampler.
+
+    Args:
+        sampler: any training sampler; it is drawn with the global batch size.
+        batch_size (int): the global batch; must split evenly over the ranks.
+        seed (int): with the epoch, seeds the host RNGs while the global order is drawn
+            (and is passed on to ``sampler.set_epoch`` when it has one), so every rank
+            sees the same global batches and each epoch reshuffles.
+        rank, num_replicas: default to the process group's.
+
+    Only whole global batches are used (the train loader drops the last one anyway).
+    """
+
+    def __init__(self, sampler, batch_size, seed=0, rank=None, num_replicas=None):
+        self.sampler = sampler
+        self.world_size = get_world_size() if num_replicas is None else num_replicas
+        self.rank = get_rank() if rank is None else rank
+        self.batch_size = batch_size
+        self.local_batch = batch_size // self.world_size
+        if batch_size % self.world_size:
+            raise ValueError('global batch {} is not divisible by {} ranks'.format(
+                batch_size, self.world_size))
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        if hasattr(self.sampler, 'set_epoch'):
+            self.sampler.set_epoch(self.epoch)
+        with _seeded_host_rngs(self.seed * 100003 + self.epoch):
+            order = list(self.sampler)
+        self.epoch += 1
+        start = self.rank * self.local_batch
+        for b in range(len(order) // self.batch_size):
+            base = b * self.batch_size + start
+            yield from order[base:base + self.local_batch]
+
+    def __len__(self):
+        return len(self.sampler) // self.batch_size * self.local_batch
