@@ -133,6 +133,12 @@ def _plugin_defaults(cfg):
     cfg.test.visactmap = False  # read by older upstream YAMLs only; activation maps: tools/visualize.py
     cfg.train.warmup_epochs = 0  # linear LR warm-up epochs before train.lr_scheduler (0: none)
     cfg.train.warmup_factor = 0.01  # warm-up starts at warmup_factor * train.lr
+    cfg.train.amp = ''  # mixed precision: '' (fp32), 'bf16', or 'fp16' (with gradient scaling)
+    cfg.train.nonfinite_patience = 10  # stop after this many non-finite steps in a row (0: no check)
+    cfg.train.deterministic = False  # deterministic kernels (a resumed run repeats the same losses)
+    cfg.train.sync_bn = False  # SyncBatchNorm across GPUs under torchrun (CUDA only)
+    cfg.train.find_unused_parameters = False  # DDP option; needed with train.fixbase_epoch under torchrun
+    cfg.data.skip_bad_images = False  # skip (and count) unreadable training images instead of stopping
     cfg.sampler.pos_ratio = 0.5  # PairwiseSampler: fraction of positive pairs in a batch
     cfg.sampler.camera_aware = True  # PairwiseSampler: positives from different cameras if possible
 

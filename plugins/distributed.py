@@ -58,6 +58,12 @@ def init_from_env(use_gpu):
     return torch.device('cuda', torch.cuda.current_device()) if use_gpu else torch.device('cpu')
 
 
+def shutdown():
+    """Leave the process group (no-op when not distributed)."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
 def barrier():
     if is_distributed():
         dist.barrier()

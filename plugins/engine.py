@@ -97,6 +97,7 @@ class PluginEngine(Engine):
             self.add_hook(hook)
         self.nonfinite_in_a_row = 0
         self.skipped_steps = 0
+        self.skipped_images = 0
         self._bad_terms = []
         self._resume_point = None
         self._epoch_rng = None
@@ -138,6 +139,8 @@ class PluginEngine(Engine):
     def forward_backward(self, data):
         """One training step; returns ``{name: detached tensor}`` (read only when logging)."""
         batch = self.parse_batch(data)
+        if 'skipped_images' in data:  # unreadable files replaced (data.skip_bad_images), on the CPU
+            self.skipped_images += int(data['skipped_images'].sum())
         log = {}
         self._bad_terms = []
         with self.precision.autocast():
@@ -308,11 +311,14 @@ class PluginEngine(Engine):
         if not distributed.is_main():
             return now
         remaining = self.num_batches - done + (self.max_epoch - self.epoch - 1) * self.num_batches
-        print('epoch: [{}/{}][{}/{}]\ttime {:.3f}\teta {}\t{}\tskipped {}\tlr {:.6f}'.format(
+        skipped = '\tskipped steps {}'.format(self.skipped_steps) if self.skipped_steps else ''
+        if self.skipped_images:
+            skipped += '\tskipped images {}'.format(self.skipped_images)
+        print('epoch: [{}/{}][{}/{}]\ttime {:.3f}\teta {}\t{}{}\tlr {:.6f}'.format(
             self.epoch + 1, self.max_epoch, done, self.num_batches, step_time,
             datetime.timedelta(seconds=int(step_time * remaining)),
             '  '.join('{} {:.4f}'.format(k, v) for k, v in averages.items()),
-            self.skipped_steps, self.get_current_lr()), flush=True)
+            skipped, self.get_current_lr()), flush=True)
         if self.writer is not None:
             n_iter = self.epoch * self.num_batches + done
             self.writer.add_scalar('Train/time', step_time, n_iter)
@@ -449,15 +455,27 @@ def cross_entropy_term(engine, weight, label_smooth, logits_fn=logits_of):
 
 
 def triplet_term(engine, weight, margin):
-    """Batch-hard triplet loss (torchreid's ``TripletLoss``) on the features of ``(logits, feats)``."""
+    """Batch-hard triplet loss (torchreid's ``TripletLoss``) on the features of ``(logits, feats)``.
+
+    Under torchrun the hardest positives and negatives are mined in the global
+    batch (features gathered from every rank), as in a single-process run.
+    """
     criterion = TripletLoss(margin=margin)
     return LossTerm('loss_t', weight, lambda e, batch, outputs: e.compute_loss(
-        criterion, outputs[1], batch['pid']))
+        criterion, distributed.gather_with_grad(outputs[1]),
+        distributed.gather_with_grad(batch['pid'])))
 
 
 def accuracy(engine, batch, outputs):
     """Top-1 training accuracy in percent, as the host's engines log it."""
     return metrics.accuracy(logits_of(outputs), batch['pid'])[0]
+
+
+def engine_options(cfg):
+    """:class:`PluginEngine` keyword arguments read from the config (every engine builder passes them)."""
+    return {'use_gpu': cfg.use_gpu, 'amp': cfg.train.amp,
+            'nonfinite_patience': cfg.train.nonfinite_patience,
+            'find_unused_parameters': cfg.train.find_unused_parameters}
 
 
 def reid_loss_terms(cfg, engine):
@@ -473,7 +491,7 @@ def reid_loss_terms(cfg, engine):
 @register_engine('triplet')
 def build_reid_engine(cfg, datamanager, model, optimizer, scheduler):
     """torchreid's softmax / triplet engines on the plugin loop (terms: :func:`reid_loss_terms`)."""
-    engine = PluginEngine(datamanager, model, optimizer, scheduler, use_gpu=cfg.use_gpu,
+    engine = PluginEngine(datamanager, model, optimizer, scheduler, **engine_options(cfg),
                           metric_fns={'acc': accuracy})
     engine.loss_terms = reid_loss_terms(cfg, engine)
     return engine

@@ -12,14 +12,16 @@ Each fix replaces one host name with ours and has a test in ``tests/plugins``:
   (:mod:`plugins.samplers`);
 * datasets: ``synthreid`` is registered (:mod:`plugins.datasets`), and a
   missing dataset folder is an error naming it instead of a download attempt
-  (:func:`offline_dataset_check`).
+  (:func:`offline_dataset_check`);
+* images: an unreadable image is an error naming the file instead of an
+  endless retry, or is skipped with ``data.skip_bad_images`` (:mod:`plugins.images`).
 """
 import os.path as osp
 
 from torchreid.reid import metrics
 from torchreid.reid.data.datasets.dataset import Dataset
 
-from . import checkpoint, datasets, evaluation, samplers
+from . import checkpoint, datasets, evaluation, images, samplers
 
 EXAMPLE_LAYOUT = ('market1501/Market-1501-v15.09.15/{bounding_box_train,query,bounding_box_test}/'
                   '*.jpg for market1501')
@@ -43,3 +45,4 @@ def install_host_fixes():
     metrics.evaluate_rank = evaluation.evaluate_rank
     datasets.register()
     Dataset.download_dataset = offline_dataset_check
+    images.install()

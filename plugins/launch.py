@@ -4,6 +4,7 @@ Mirrors upstream torchreid's ``scripts/main.py``: config, data manager, model,
 optimiser, scheduler, engine, resume; every name is looked up through the
 plugin registries, so built-in and plugin models take the same path.
 """
+import os
 import os.path as osp
 
 import torch
@@ -12,10 +13,12 @@ from torchreid.reid import optim as host_optim
 from torchreid.reid.utils import compute_model_complexity, load_pretrained_weights
 
 from . import config as C
+from . import distributed, images, samplers
 from .checkpoint import load_weights_strict
 from .datasets import synthreid
 from .engine import build_engine
 from .models import build_model
+from .resilience import latest_checkpoint
 from .samplers import set_sampler_options
 from .schedulers import build_lr_scheduler
 
@@ -43,16 +46,39 @@ def check_config(cfg):
     if cfg.loss.name == 'triplet' and cfg.loss.triplet.weight_x == 0 and cfg.train.fixbase_epoch:
         raise ValueError('train.fixbase_epoch needs loss.triplet.weight_x > 0: with weight_x 0 the '
                          'classifier is not in the computational graph')
+    if cfg.train.sync_bn and not cfg.use_gpu:
+        raise ValueError('train.sync_bn needs CUDA (torch.nn.SyncBatchNorm has no CPU kernels); '
+                         'set train.sync_bn False to train on CPU')
+
+
+def setup_process(cfg):
+    """Per-process setup before anything is built: torchrun's process group and determinism.
+
+    Returns True on the process that logs (rank 0, or the only one).
+    """
+    distributed.init_from_env(cfg.use_gpu)
+    if cfg.train.deterministic:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    elif cfg.use_gpu:
+        torch.backends.cudnn.benchmark = True
+    return distributed.is_main()
 
 
 def build_datamanager(cfg):
     """torchreid's data manager, after passing config-only options to samplers and datasets."""
     for name, options in C.sampler_options(cfg).items():
         set_sampler_options(name, **options)
+    samplers.set_shard_seed(cfg.train.seed)
+    images.skip_bad_training_images(cfg.data.skip_bad_images)
     synthreid.configure(**C.synthreid_spec(cfg))
+    kwargs = C.imagedata_kwargs(cfg) if cfg.data.type == 'image' else C.videodata_kwargs(cfg)
+    kwargs['batch_size_train'] = distributed.per_rank_batch(cfg.train.batch_size)
     if cfg.data.type == 'image':
-        return host_data.ImageDataManager(**C.imagedata_kwargs(cfg))
-    return host_data.VideoDataManager(**C.videodata_kwargs(cfg))
+        return host_data.ImageDataManager(**kwargs)
+    return host_data.VideoDataManager(**kwargs)
 
 
 def build_model_from_config(cfg, num_classes):
@@ -82,7 +108,12 @@ def build_trained_model(cfg, weights):
 
 
 def build_run(cfg, verbose=True):
-    """Data manager, model, optimiser, scheduler and engine (resumed if asked); returns the engine."""
+    """Data manager, model, optimiser, scheduler and engine (resumed if asked); returns the engine.
+
+    ``model.resume auto`` resumes from the newest complete checkpoint in
+    ``data.save_dir`` (a fresh start when there is none).
+    """
+    setup_process(cfg)
     datamanager = build_datamanager(cfg)
     if verbose:
         print('Building model: {}'.format(cfg.model.name))
@@ -92,9 +123,17 @@ def build_run(cfg, verbose=True):
         print('Model complexity: params={:,} flops={:,}'.format(num_params, flops))
     if cfg.use_gpu:
         model = model.cuda()
+    if cfg.train.sync_bn and distributed.is_distributed():
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer = host_optim.build_optimizer(model, **C.optimizer_kwargs(cfg))
     scheduler = build_lr_scheduler(optimizer, **C.lr_scheduler_kwargs(cfg))
     engine = build_engine(cfg, datamanager, model, optimizer, scheduler)
-    if cfg.model.resume:
-        cfg.train.start_epoch = engine.resume(cfg.model.resume)
+    resume = cfg.model.resume
+    if resume == 'auto':
+        resume = latest_checkpoint(cfg.data.save_dir, engine.get_model_names())
+        print('model.resume auto: {}'.format(
+            'resuming from "{}"'.format(resume) if resume else
+            'no complete checkpoint in "{}", starting from scratch'.format(cfg.data.save_dir)))
+    if resume:
+        cfg.train.start_epoch = engine.resume(resume)
     return engine

@@ -6,18 +6,26 @@ Examples::
     python tools/train.py --config-file configs/baselines/resnet50_softmax_market1501.yaml \\
         --root /data/reid model.pretrained False
     python tools/train.py --config-file CFG test.evaluate True model.load_weights log/model/model.pth.tar-60
+    python tools/train.py --config-file CFG --resume auto        # after Ctrl-C, a crash or a preemption
+    torchrun --nproc_per_node=4 tools/train.py --config-file CFG  # DistributedDataParallel
+
+Exit status: 0 when done; 128 + the signal number after SIGINT/SIGTERM (a
+checkpoint was saved first); 1 on a config, data or non-finite-loss error.
 """
 import argparse
+import os
 import os.path as osp
 import sys
 import time
 
-import torch
 from torchreid.reid.utils import Logger, collect_env_info, set_random_seed
 
 import plugins
-from plugins.launch import build_run, setup_config
+from plugins import distributed
 from plugins.config import engine_run_kwargs
+from plugins.images import ImageReadError
+from plugins.launch import build_run, setup_config, setup_process
+from plugins.resilience import NonFiniteLossError, TrainingInterrupted
 
 
 def parse_args(argv=None):
@@ -29,36 +37,60 @@ def parse_args(argv=None):
                         help='target datasets (delimited by space)')
     parser.add_argument('--transforms', type=str, nargs='+', help='data augmentation')
     parser.add_argument('--root', type=str, default='', help='path to data root')
+    parser.add_argument('--resume', type=str, default='',
+                        help='checkpoint to resume from, or "auto": the newest complete one in '
+                             'data.save_dir (same as model.resume)')
     parser.add_argument('opts', default=None, nargs=argparse.REMAINDER,
                         help='Modify config options using the command-line')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if '--resume' in args.opts:  # also accepted after the KEY VALUE overrides
+        i = args.opts.index('--resume')
+        if i + 1 >= len(args.opts):
+            parser.error('--resume needs a checkpoint path or "auto"')
+        args.resume = args.opts[i + 1]
+        del args.opts[i:i + 2]
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    opts = list(args.opts or []) + (['model.resume', args.resume] if args.resume else [])
     try:
-        cfg = setup_config(args.config_file, args.opts, root=args.root, sources=args.sources,
+        cfg = setup_config(args.config_file, opts, root=args.root, sources=args.sources,
                            targets=args.targets, transforms=args.transforms)
     except (KeyError, TypeError, ValueError, FileNotFoundError) as err:
         sys.exit('Config error: {}'.format(err.args[0] if err.args else err))
     set_random_seed(cfg.train.seed)
 
-    log_name = 'test.log' if cfg.test.evaluate else 'train.log'
-    log_name += time.strftime('-%Y-%m-%d-%H-%M-%S')
-    sys.stdout = Logger(osp.join(cfg.data.save_dir, log_name))
+    if setup_process(cfg):
+        log_name = 'test.log' if cfg.test.evaluate else 'train.log'
+        log_name += time.strftime('-%Y-%m-%d-%H-%M-%S')
+        sys.stdout = Logger(osp.join(cfg.data.save_dir, log_name))
+    else:  # only rank 0 logs
+        sys.stdout = open(os.devnull, 'w')
     print('Show configuration\n{}\n'.format(cfg))
     print('Collecting env info ...')
     print('** System info **\n{}\n'.format(collect_env_info()))
     print('Plugin projects: {}'.format(sorted(plugins.load_projects()) or 'none installed'))
-    if cfg.use_gpu:
-        torch.backends.cudnn.benchmark = True
+    if distributed.is_distributed():
+        print('Distributed: {} processes, global batch {}'.format(
+            distributed.get_world_size(), cfg.train.batch_size))
 
     try:
-        engine = build_run(cfg)
-    except FileNotFoundError as err:  # missing dataset folder, weights or checkpoint file
+        try:
+            engine = build_run(cfg)
+        except (FileNotFoundError, ValueError) as err:  # dataset folder, weights, checkpoint
+            sys.exit('Error: {}'.format(err))
+        print('Building {} engine for {}-reid'.format(cfg.engine.name or cfg.loss.name,
+                                                      cfg.data.type))
+        engine.run(**engine_run_kwargs(cfg))
+    except TrainingInterrupted as stop:
+        print(stop, flush=True)
+        sys.exit(128 + stop.signum)
+    except (ImageReadError, NonFiniteLossError) as err:  # a bad image; a diverged loss
         sys.exit('Error: {}'.format(err))
-    print('Building {} engine for {}-reid'.format(cfg.engine.name or cfg.loss.name, cfg.data.type))
-    engine.run(**engine_run_kwargs(cfg))
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == '__main__':

@@ -20,7 +20,8 @@ from collections import namedtuple
 import torch
 
 from plugins import LossTerm, PluginEngine
-from plugins.engine import accuracy, cross_entropy_term, triplet_term, unwrap_model
+from plugins.engine import (accuracy, cross_entropy_term, engine_options, triplet_term,
+                            unwrap_model)
 
 from .losses import mine_pairs, pair_cross_entropy, score_ranking_loss
 
@@ -68,7 +69,7 @@ def check_apinet_run(cfg, model):
 def build_apinet_engine(cfg, datamanager, model, optimizer, scheduler):
     """Engine builder registered as ``apinet`` (called by ``plugins.build_engine``)."""
     check_apinet_run(cfg, model)
-    engine = PluginEngine(datamanager, model, optimizer, scheduler, use_gpu=cfg.use_gpu,
+    engine = PluginEngine(datamanager, model, optimizer, scheduler, **engine_options(cfg),
                           metric_fns={'acc': accuracy, 'pairs_dropped': pairs_dropped})
     opts = cfg.apinet
     smooth = TORCHREID_LABEL_SMOOTH if opts.pair_label_smooth else 0.0

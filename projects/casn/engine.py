@@ -18,7 +18,7 @@ a term's computation. Also logged: ``acc`` and ``positive_pairs``.
 import torch.nn.functional as F
 
 from plugins import LossTerm, PluginEngine
-from plugins.engine import accuracy, cross_entropy_term, unwrap_model
+from plugins.engine import accuracy, cross_entropy_term, engine_options, unwrap_model
 from plugins.samplers import pair_labels
 
 from .attention import identification_attention_loss, siamese_attention_loss
@@ -81,7 +81,7 @@ def build_casn_engine(cfg, datamanager, model, optimizer, scheduler):
         raise ValueError("engine 'casn' with casn.weight_ver or casn.weight_sa needs "
                          "sampler.train_sampler 'PairwiseSampler' (adjacent images form the pairs), "
                          'got {!r}'.format(cfg.sampler.train_sampler))
-    engine = CASNEngine(datamanager, model, optimizer, scheduler, use_gpu=cfg.use_gpu,
+    engine = CASNEngine(datamanager, model, optimizer, scheduler, **engine_options(cfg),
                         metric_fns={'acc': part_accuracy, 'positive_pairs': positive_pairs})
     identification = cross_entropy_term(engine, 1.0, cfg.loss.softmax.label_smooth)
     engine.loss_terms = [

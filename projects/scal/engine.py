@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from plugins import CriticUpdateHook, PluginEngine
-from plugins.engine import accuracy, logits_of, reid_loss_terms, unwrap_model
+from plugins.engine import accuracy, engine_options, logits_of, reid_loss_terms, unwrap_model
 from plugins.hooks import batchnorm_stats_frozen
 
 from .model import Critic
@@ -79,7 +79,7 @@ def build_scal_engine(cfg, datamanager, model, optimizer, scheduler):
     if not hasattr(net, 'agents'):
         raise TypeError("engine 'scal' needs a SCAL model (scal_spatial_resnet50, "
                         'scal_channel_resnet50), got {}'.format(type(net).__name__))
-    engine = SCALEngine(datamanager, model, optimizer, scheduler, use_gpu=cfg.use_gpu,
+    engine = SCALEngine(datamanager, model, optimizer, scheduler, **engine_options(cfg),
                         metric_fns={'acc': accuracy, 'reward': _mean_of('reward'),
                                     'reward_c': _mean_of('reward_c'),
                                     'reward_a': _mean_of('reward_a')})
