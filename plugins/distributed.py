@@ -37,6 +37,11 @@ def get_rank():
     return dist.get_rank() if is_distributed() else 0
 
 
+def get_local_rank():
+    """This process's index on its node (torchrun's ``LOCAL_RANK``; 0 when not distributed)."""
+    return int(os.environ.get('LOCAL_RANK', '0')) if is_distributed() else 0
+
+
 def is_main():
     """True on the process that logs, evaluates and writes checkpoints."""
     return get_rank() == 0
@@ -53,7 +58,7 @@ def init_from_env(use_gpu):
     if not is_distributed():
         backend = 'nccl' if use_gpu else 'gloo'
         if use_gpu:
-            torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0')))
+            torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0')))  # before the group starts
         dist.init_process_group(backend=backend)
     return torch.device('cuda', torch.cuda.current_device()) if use_gpu else torch.device('cpu')
 
@@ -87,17 +92,35 @@ def wrap(module, device, find_unused_parameters=False):
         module, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 (equal sizes on every rank) whose backward returns this rank's
+    slice of the gradient summed over ranks."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        parts = [torch.empty_like(tensor) for _ in range(get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        ctx.size = tensor.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start = get_rank() * ctx.size
+        return grad[start:start + ctx.size]
+
+
 def gather_with_grad(tensor):
     """Concatenate ``tensor`` from every rank in rank order; gradients flow back to each rank.
 
-    Each rank computes the same global loss; the all-gather's backward sums the
-    ranks' gradients for the local slice and DDP's averaging divides by the world
-    size again, so parameters get exactly the single-process gradient.
+    Each rank computes the same global loss; the backward sums the ranks'
+    gradients for the local slice and DDP's averaging divides by the world size
+    again, so parameters get exactly the single-process gradient.
     """
     if not is_distributed():
         return tensor
-    from torch.distributed.nn.functional import all_gather
-    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+    return _GatherWithGrad.apply(tensor)
 
 
 def all_reduce_max(tensor):

@@ -38,6 +38,8 @@ from torchreid.reid.data import register_image_dataset
 from torchreid.reid.data.datasets.dataset import ImageDataset
 from torchreid.reid.data.datasets.image.market1501 import Market1501
 
+from .. import distributed
+
 NAME = 'synthreid'
 
 # Bump whenever a change to the generator changes its output: stored datasets
@@ -668,11 +670,18 @@ def generate(dataset_dir, spec):
 
 
 def ensure_generated(dataset_dir, spec):
-    """Generate ``dataset_dir`` unless it already holds ``spec``; return whether it generated."""
-    if is_generated(dataset_dir, spec):
-        return False
-    generate(dataset_dir, spec)
-    return True
+    """Generate ``dataset_dir`` unless it already holds ``spec``; return whether it generated.
+
+    Under torchrun one process writes while the others wait: global rank 0 first,
+    then local rank 0 of any node that still lacks it (no shared filesystem).
+    """
+    generated = False
+    for writer in (distributed.is_main(), distributed.get_local_rank() == 0):
+        if writer and not is_generated(dataset_dir, spec):
+            generate(dataset_dir, spec)
+            generated = True
+        distributed.barrier()
+    return generated
 
 
 # ----------------------------------------------------------------------------

@@ -1,0 +1,105 @@
+"""Distributed training under torchrun (2 gloo processes on CPU) equals one process
+on the same global batch; the rank-sharded samplers keep the batch composition."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from plugins.checkpoint import load_checkpoint
+from plugins.distributed import BatchShard
+from plugins.samplers import PKSampler, PairwiseSampler
+
+from conftest import REPO, TINY_SYNTHREID
+
+PROBE = os.path.join(REPO, 'tests', 'plugins', 'ddp_probe_train.py')
+CONFIG = os.path.join(REPO, 'configs', 'baselines', 'resnet50_synthreid.yaml')
+
+
+def _data_source(num_pids=12, per_pid=6):
+    return [('img{}_{}.jpg'.format(p, i), p, i % 3, 0) for p in range(num_pids) for i in range(per_pid)]
+
+
+@pytest.mark.parametrize('world', [2, 4])
+def test_pk_shards_give_whole_disjoint_identities_and_rebuild_the_global_batch(world):
+    source = _data_source()
+    batch = 16
+    shards = [BatchShard(PKSampler(source, batch_size=batch, num_instances=4, seed=3), batch,
+                         seed=3, rank=r, num_replicas=world) for r in range(world)]
+    single = PKSampler(source, batch_size=batch, num_instances=4, seed=3)
+    for epoch in (0, 1):
+        for s in shards:
+            s.set_epoch(epoch)
+        single.set_epoch(epoch)
+        parts = [list(s) for s in shards]
+        assert len({len(p) for p in parts}) == 1 and len(parts[0]) == len(shards[0])
+        local = batch // world
+        expected = list(single)
+        for b in range(len(parts[0]) // local):
+            pieces = [p[b * local:(b + 1) * local] for p in parts]
+            assert sum(pieces, []) == expected[b * batch:(b + 1) * batch]  # the global batch
+            pids = [{source[i][1] for i in piece} for piece in pieces]
+            assert all(len(p) == local // 4 for p in pids)  # whole identities of K=4 images
+            assert not set.intersection(*pids)  # disjoint between ranks
+    assert parts != [list(s) for s in shards]  # the next epoch reshuffles
+
+
+def test_pairwise_shards_keep_whole_pairs():
+    source = _data_source()
+    shards = [BatchShard(PairwiseSampler(source, batch_size=8, seed=1), 8, rank=r, num_replicas=2)
+              for r in range(2)]
+    for s in shards:
+        order = list(s)
+        assert len(order) % 4 == 0
+        same = [source[a][1] == source[b][1] for a, b in zip(order[0::2], order[1::2])]
+        assert any(same) and not all(same)
+
+
+def test_host_random_sampler_is_drawn_identically_on_every_rank():
+    source = _data_source()
+    from torchreid.reid.data.sampler import build_train_sampler as host_build
+    shards = [BatchShard(host_build(source, 'RandomSampler', batch_size=8), 8, seed=5, rank=r,
+                         num_replicas=2) for r in range(2)]
+    torch.manual_seed(0)
+    a = list(shards[0])
+    torch.manual_seed(1)  # a different training RNG state must not change the order
+    b = list(shards[1])
+    assert sorted(a + b) == sorted(set(a + b)) and len(a) == len(b) == len(source) // 8 * 4
+
+
+def _train(tmp_path, name, launcher, extra=()):
+    save = tmp_path / name
+    opts = ['--root', str(tmp_path / 'data'), *TINY_SYNTHREID, 'model.name', 'ddp_probe_net',
+            'model.pretrained', 'False', 'engine.name', 'ddp_probe', 'loss.name', 'triplet',
+            'loss.triplet.weight_x', '1.0', 'sampler.train_sampler', 'PKSampler',
+            'sampler.num_instances', '2', 'train.batch_size', '8', 'train.optim', 'sgd',
+            'train.lr', '0.05', 'train.max_epoch', '2', 'data.transforms', '[]',
+            'data.workers', '0', 'data.height', '32', 'data.width', '16',
+            'train.print_freq', '1', 'data.save_dir', str(save), *extra]
+    proc = subprocess.run([*launcher, PROBE, '--config-file', CONFIG, *opts], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return save, proc.stdout + proc.stderr
+
+
+def test_two_gloo_processes_train_like_one_process_on_the_global_batch(tmp_path):
+    single, _ = _train(tmp_path, 'single', [sys.executable])
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
+                '--master_port', '29517']
+    ddp, out = _train(tmp_path, 'ddp', torchrun)
+    assert len(re.findall(r'Rank-1\s*:', out)) == 1  # rank 0 alone evaluates
+    assert 'Distributed: 2 processes, global batch 8' in out
+    for net in ('model', 'critic', 'discriminator'):
+        a = load_checkpoint(str(single / net / 'model.pth.tar-2'))['state_dict']
+        b = load_checkpoint(str(ddp / net / 'model.pth.tar-2'))['state_dict']
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=net + '.' + key)
+    torch.manual_seed(0)  # the probe engine's initialisation of the hook networks
+    initial = {'critic': torch.nn.Linear(16, 1), 'discriminator': torch.nn.Linear(16, 1)}
+    for net, module in initial.items():
+        trained = load_checkpoint(str(single / net / 'model.pth.tar-2'))['state_dict']
+        assert not torch.equal(trained['weight'], module.weight.detach())  # they did train
+    assert sorted(os.listdir(ddp / 'model')) == ['model.pth.tar-2']  # one writer
