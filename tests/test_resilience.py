@@ -1,0 +1,154 @@
+"""Training that loses nothing: SIGTERM mid-epoch then ``--resume auto`` repeats the
+uninterrupted run exactly; non-finite losses are skipped, then stop with a checkpoint;
+corrupt checkpoints are never resumed from; bad images are named or skipped."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from plugins import LossTerm, PluginEngine
+from plugins.checkpoint import load_checkpoint, save_checkpoint
+from plugins.images import ImageReadError, read_image
+from plugins.resilience import NonFiniteLossError, latest_checkpoint
+from tests.conftest import REPO, TINY_SYNTHREID, FakeDataManager, TinyReIDNet, run_tool
+
+CONFIG = os.path.join(REPO, 'configs', 'baselines', 'resnet50_synthreid.yaml')
+RUN = ['model.name', 'resnet18', 'train.max_epoch', '2', 'train.batch_size', '8',
+       'data.height', '32', 'data.width', '16', 'data.workers', '2', 'train.print_freq', '1',
+       'train.deterministic', 'True', 'test.batch_size', '16', *TINY_SYNTHREID]
+
+
+def step_losses(output):
+    """``(epoch, iteration) -> loss_x`` from the per-step log lines."""
+    return {(int(e), int(i)): float(x) for e, i, x in
+            re.findall(r'epoch: \[(\d+)/\d+\]\[(\d+)/\d+\].*?loss_x ([\d.]+)', output)}
+
+
+def test_sigterm_mid_epoch_then_resume_auto_matches_an_uninterrupted_run(tmp_path):
+    root = str(tmp_path / 'data')
+    code, full = run_tool('train', '--config-file', CONFIG, '--root', root, *RUN,
+                          'data.save_dir', str(tmp_path / 'full'), cwd=tmp_path)
+    assert code == 0, full
+    expected = step_losses(full)
+    assert len(expected) >= 8
+
+    save = str(tmp_path / 'cut')
+    log = open(tmp_path / 'cut.txt', 'w+')
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'tools', 'train.py'),
+                             '--config-file', CONFIG, '--root', root, *RUN, 'data.save_dir', save],
+                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while 'epoch: [2/2][2/' not in open(tmp_path / 'cut.txt').read():  # mid second epoch
+        assert proc.poll() is None and time.time() < deadline, open(tmp_path / 'cut.txt').read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    first = open(tmp_path / 'cut.txt').read()
+    saved = re.findall(r'Checkpoint saved to "(.*?)"', first)
+    assert saved and '+iter' in saved[-1] and 'Stopped by SIGTERM' in first
+    stopped_at = int(re.search(r'\+iter(\d+)', saved[-1]).group(1))
+    assert 'Rank-1' not in first.split('=> Start training')[-1].split('epoch: [2/2]')[-1]
+
+    code, second = run_tool('train', '--config-file', CONFIG, '--root', root, *RUN,
+                            'data.save_dir', save, '--resume', 'auto', cwd=tmp_path)
+    assert code == 0, second
+    assert 'resuming from' in second
+    resumed = step_losses(second)
+    assert min(resumed) == (2, stopped_at + 1)
+    for key, loss in {**step_losses(first), **resumed}.items():
+        assert loss == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
+    assert re.findall(r'Rank-1\s*:\s*([\d.]+)%', second) == re.findall(r'Rank-1\s*:\s*([\d.]+)%', full)
+
+
+def _fake_engine(tmp_path, patience):
+    model = TinyReIDNet(num_classes=4)
+    engine = PluginEngine(FakeDataManager(4), model, torch.optim.SGD(model.parameters(), lr=0.1),
+                          use_gpu=False, nonfinite_patience=patience)
+    engine.save_dir = str(tmp_path)
+    return engine
+
+
+def test_non_finite_steps_are_skipped_then_training_stops_with_a_checkpoint(tmp_path, tiny_batch):
+    engine = _fake_engine(tmp_path, patience=3)
+    poisoned = {'fn': False}
+    engine.loss_terms = [
+        LossTerm('loss_x', 1.0, lambda e, b, o: torch.nn.functional.cross_entropy(o, b['pid'])),
+        LossTerm('loss_bad', 1.0, lambda e, b, o: o.sum() * (float('nan') if poisoned['fn'] else 0.)),
+    ]
+    engine.set_model_mode('train')
+    engine.forward_backward(tiny_batch)  # a finite step moves the weights
+    before = {k: v.detach().clone() for k, v in engine.model.named_parameters()}
+    poisoned['fn'] = True
+    for i in range(2):
+        engine.batch_idx = i
+        engine.forward_backward(tiny_batch)
+        params = dict(engine.model.named_parameters())
+        assert all(torch.equal(v, params[k]) for k, v in before.items())  # no step taken
+        assert engine.skipped_steps == i + 1 and all(p.grad is None for p in engine.model.parameters())
+    poisoned['fn'] = False
+    engine.forward_backward(tiny_batch)  # a good step resets the count
+    assert engine.nonfinite_in_a_row == 0 and engine.skipped_steps == 2
+    poisoned['fn'] = True
+    engine.forward_backward(tiny_batch)
+    engine.forward_backward(tiny_batch)
+    engine.batch_idx = 6
+    with pytest.raises(NonFiniteLossError, match=r"\['loss_bad'\].*3 steps in a row") as err:
+        engine.forward_backward(tiny_batch)
+    path = os.path.join(str(tmp_path), 'model', 'model.pth.tar-0+iter7')
+    assert path in str(err.value)
+    ckpt = load_checkpoint(path)
+    assert ckpt['iteration'] == 7 and 'rng' in ckpt and 'epoch_rng' in ckpt
+
+
+def test_resume_auto_never_picks_a_corrupt_or_incomplete_checkpoint(tmp_path, capsys):
+    state = {'state_dict': {'w': torch.ones(2)}}
+    for name in ('model', 'critic'):
+        save_checkpoint({**state, 'epoch': 2}, str(tmp_path / name))
+    save_checkpoint({**state, 'epoch': 3}, str(tmp_path / 'model'))  # critic file missing
+    save_checkpoint({**state, 'epoch': 3, 'iteration': 5}, str(tmp_path / 'critic'),
+                    name='model.pth.tar-3+iter5')
+    (tmp_path / 'model' / 'model.pth.tar-3+iter5').write_bytes(b'PK\x03\x04 truncated')
+    good = str(tmp_path / 'model' / 'model.pth.tar-2')
+    assert latest_checkpoint(str(tmp_path), ('model', 'critic')) == good
+    out = capsys.readouterr().out
+    assert 'model.pth.tar-3+iter5' in out and 'model.pth.tar-3"' in out
+    assert latest_checkpoint(str(tmp_path), ('model',)) == str(tmp_path / 'model' / 'model.pth.tar-3')
+    assert latest_checkpoint(str(tmp_path / 'nothing')) is None
+
+
+def _tiny_dataset(tmp_path):
+    """Generate the tiny synthreid once through the train script's data manager."""
+    from plugins.launch import build_datamanager, setup_config
+    cfg = setup_config(CONFIG, [*TINY_SYNTHREID, 'data.workers', '0'], root=str(tmp_path / 'data'))
+    build_datamanager(cfg)
+    return str(tmp_path / 'data' / 'synthreid')
+
+
+def _train_images(folder):
+    train = os.path.join(folder, 'bounding_box_train')
+    return sorted(os.path.join(train, f) for f in os.listdir(train))
+
+
+def test_corrupt_image_is_named_or_skipped_and_counted(tmp_path):
+    folder = _tiny_dataset(tmp_path)
+    images = _train_images(folder)
+    bad = images[0]
+    with open(bad, 'r+b') as f:
+        f.truncate(os.path.getsize(bad) // 3)
+    with pytest.raises(ImageReadError, match=re.escape(bad)):
+        read_image(bad)
+    args = ['--config-file', CONFIG, '--root', str(tmp_path / 'data'), 'model.name', 'resnet18',
+            'train.max_epoch', '1', 'train.batch_size', '8', 'data.height', '32', 'data.width', '16',
+            'data.workers', '0', 'train.print_freq', '1', 'sampler.train_sampler', 'PKSampler',
+            'sampler.num_instances', '2', 'data.save_dir', str(tmp_path / 'log'), *TINY_SYNTHREID]
+    code, out = run_tool('train', *args, cwd=tmp_path)
+    assert code == 1 and 'Cannot read image "{}"'.format(bad) in out, out
+    assert 'Traceback' not in out
+    code, out = run_tool('train', *args, 'data.skip_bad_images', 'True', cwd=tmp_path)
+    assert code == 0, out
+    assert 'skipped images 1' in out and 'Warning (data.skip_bad_images)' in out and bad in out
