@@ -86,3 +86,25 @@ def run_benchmark_section(name, out_dir):
     load_tool('benchmark').main(['--sections', name, '--quick', '--out-dir', str(out_dir)])
     report = json.loads((out_dir / 'benchmark.json').read_text())
     return report['sections'][name], (out_dir / 'benchmark.md').read_text()
+
+
+def amp_step(engine, batch, dtype=torch.bfloat16, steps=1):
+    """``steps`` training steps of ``engine`` (built with ``train.amp``): the forward ran in
+    ``dtype``, every logged value is finite and most trained parameters moved (fp16 needs a
+    few steps: its scaler skips the first ones while it backs off from overflow).
+    Returns the last log."""
+    seen = []
+    first_conv = next(m for m in engine.model.modules() if isinstance(m, nn.Conv2d))
+    handle = first_conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    params = {n: p.detach().clone() for n, p in engine.model.named_parameters() if p.requires_grad}
+    engine.set_model_mode('train')
+    try:
+        for _ in range(steps):
+            log = engine.forward_backward(batch)
+    finally:
+        handle.remove()
+    assert seen and seen[0] == dtype
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in log.values()), log
+    moved = [n for n, p in engine.model.named_parameters() if n in params and not torch.equal(p, params[n])]
+    assert len(moved) > len(params) // 2, sorted(set(params) - set(moved))
+    return log

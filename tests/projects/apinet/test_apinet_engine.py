@@ -9,8 +9,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+import plugins
 from plugins.launch import build_run, setup_config
 from projects.apinet.engine import build_apinet_engine
+from tests.conftest import amp_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 CONFIG_DIR = os.path.join(REPO, 'configs', 'apinet')
@@ -98,3 +100,16 @@ def test_train_script_runs_the_project_end_to_end(run, tmp_path):
     rank1 = float(re.findall(r'Rank-1\s*:\s*([\d.]+)%', out)[-1])
     assert 0 <= rank1 <= 100
     assert os.path.isfile(tmp_path / 'log' / 'model' / 'model.pth.tar-1')
+
+
+def test_pair_terms_train_under_bf16_autocast(run):
+    cfg, engine, _ = run
+    cfg = cfg.clone()
+    cfg.train.amp = 'bf16'
+    torch.manual_seed(0)
+    model = plugins.build_model(cfg.model.name, engine.datamanager.num_train_pids, loss='triplet',
+                                pretrained=False)
+    other = build_apinet_engine(cfg, engine.datamanager, model,
+                                torch.optim.SGD(model.parameters(), lr=0.01), None)
+    log = amp_step(other, next(iter(engine.train_loader)))
+    assert LOGGED <= set(log)

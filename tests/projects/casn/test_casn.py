@@ -16,7 +16,7 @@ from projects.casn.attention import (aligned_attention, differentiable_cam,
 from projects.casn.benchmark import pair_batch
 from projects.casn.engine import build_casn_engine
 from projects.casn.model import CASNNet
-from tests.conftest import (REPO, TINY_SYNTHREID, FakeDataManager, changed,
+from tests.conftest import (REPO, TINY_SYNTHREID, FakeDataManager, amp_step, changed,
                             run_benchmark_section, snapshot)
 
 CONFIG_DIR = os.path.join(REPO, 'configs', 'casn')
@@ -99,10 +99,11 @@ def test_alignment_crops_to_the_region_above_the_threshold():
     assert torch.allclose(aligned[0], aligned[1]) and torch.allclose(aligned[0], torch.full((6, 4), 0.9))
 
 
-def make_engine(backbone='ide', classes=4):
+def make_engine(backbone='ide', classes=4, amp=''):
     torch.manual_seed(0)
     cfg = plugins.get_default_config()
     cfg.use_gpu = False
+    cfg.train.amp = amp
     cfg.sampler.train_sampler = 'PairwiseSampler'
     model = plugins.build_model('casn_{}_resnet50'.format(backbone), classes, pretrained=False)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -211,3 +212,9 @@ def test_stripe_pool_equals_adaptive_pooling(height):
     from projects.casn.model import stripe_pool
     x = torch.randn(2, 3, height, 5)
     assert torch.allclose(stripe_pool(x, 6), nn.AdaptiveAvgPool2d((6, 1))(x), atol=1e-6)
+
+
+def test_all_four_terms_train_under_bf16_autocast():
+    engine = make_engine(amp='bf16')
+    log = amp_step(engine, pair_batch(4, 64, 32, 4))
+    assert {'loss_id', 'loss_ia', 'loss_ver', 'loss_sa'} <= set(log)

@@ -6,10 +6,12 @@ import torch
 import torchreid
 
 import plugins
+from plugins.benchmarking import step_engine
 from plugins.pretrained import PretrainedWeightsNotFound
 from projects.rga.model import RGANet, rga_attention_maps
 from projects.rga.modules import RGAModule, relation_features
 from projects.rga.reference import reference_forward, reference_rga
+from tests.conftest import amp_step
 
 VARIANTS = ['s', 'c', 'sc']
 
@@ -171,3 +173,12 @@ def test_attention_values_and_visualisation_maps(variant):
 def test_bad_variant_is_named():
     with pytest.raises(ValueError, match="Unknown RGA variant 'cs'"):
         RGANet(3, variant='cs')
+
+
+def test_trains_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = plugins.build_model('rga_sc_resnet50', 4, loss='triplet', pretrained=False,
+                                height=64, width=32)
+    engine = step_engine(model, 4, 'triplet', opts=['train.amp', 'bf16'])
+    batch = {'img': torch.randn(8, 3, 64, 32), 'pid': torch.arange(8) // 2}
+    assert {'loss_t', 'loss_x'} <= set(amp_step(engine, batch))

@@ -11,7 +11,7 @@ from plugins.hooks import batchnorm_stats_frozen
 from plugins.launch import build_run, setup_config
 from projects.scal.engine import build_scal_engine, rewards
 from projects.scal.model import SCALNet, scal_attention_maps
-from tests.conftest import (REPO, TINY_SYNTHREID, FakeDataManager, changed,
+from tests.conftest import (REPO, TINY_SYNTHREID, FakeDataManager, amp_step, changed,
                             run_benchmark_section, snapshot)
 
 CONFIG_DIR = os.path.join(REPO, 'configs', 'scal')
@@ -24,10 +24,11 @@ def pk_batch(n=8, classes=4):
             'camid': torch.zeros(n, dtype=torch.long)}
 
 
-def make_engine(kind='channel', value_weight=1.0, classes=4):
+def make_engine(kind='channel', value_weight=1.0, classes=4, amp=''):
     torch.manual_seed(0)
     cfg = plugins.get_default_config()
     cfg.use_gpu = False
+    cfg.train.amp = amp
     cfg.loss.name = 'triplet'
     cfg.loss.triplet.weight_x = 1.0
     cfg.scal.value_weight = value_weight
@@ -211,3 +212,11 @@ def test_model_apply_and_host_complexity_work():
     assert seen.count('ChannelAgent') == 5
     params, flops = compute_model_complexity(model, (1, 3, 64, 32))
     assert params > 23e6 and flops > 0
+
+
+def test_agents_and_critic_train_under_bf16_autocast():
+    engine = make_engine(amp='bf16')
+    critic = {n: p.detach().clone() for n, p in engine.hooks[0].critic.named_parameters()}
+    log = amp_step(engine, pk_batch())
+    assert {'loss_x', 'loss_t', 'critic_value', 'critic_mse', 'reward'} <= set(log)
+    assert all(not torch.equal(p, critic[n]) for n, p in engine.hooks[0].critic.named_parameters())

@@ -1,0 +1,63 @@
+"""Mixed precision (train.amp): autocast forwards, fp16 gradient scaling per network."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import plugins
+from plugins import AdversarialStepHook, PluginEngine
+from plugins.checkpoint import load_checkpoint
+from plugins.engine import cross_entropy_term
+from plugins.precision import Precision
+from tests.conftest import FakeDataManager, TinyReIDNet, amp_step
+
+
+def test_unknown_mode_names_the_accepted_ones():
+    with pytest.raises(ValueError, match=r"train.amp must be one of \['', 'bf16', 'fp16'\]"):
+        Precision('fp8', 'cpu')
+
+
+def gan_engine(amp):
+    torch.manual_seed(0)
+    model = TinyReIDNet(num_classes=4, loss='triplet')
+    engine = PluginEngine(FakeDataManager(4), model, torch.optim.SGD(model.parameters(), lr=0.1),
+                          use_gpu=False, amp=amp)
+    engine.loss_terms = [cross_entropy_term(engine, 1.0, True)]
+    disc = torch.nn.Linear(8, 1)
+
+    def d_loss(d, engine, batch, outputs):
+        return F.softplus(-d(torch.ones_like(outputs[1]))).mean() + F.softplus(d(outputs[1].detach())).mean()
+
+    engine.add_hook(AdversarialStepHook(disc, torch.optim.SGD(disc.parameters(), lr=0.1), d_loss,
+                                        g_loss_fn=lambda d, e, b, o: F.softplus(-d(o[1])).mean()))
+    return engine, disc
+
+
+@pytest.mark.parametrize('amp, dtype', [('bf16', torch.bfloat16), ('fp16', torch.float16)])
+def test_every_network_steps_under_autocast(amp, dtype, tiny_batch, tmp_path):
+    engine, disc = gan_engine(amp)
+    before = disc.weight.detach().clone()
+    log = amp_step(engine, tiny_batch, dtype, steps=1 if amp == 'bf16' else 20)
+    assert {'loss_x', 'discriminator_loss', 'discriminator_adv'} <= set(log)
+    assert not torch.equal(before, disc.weight)
+    if amp == 'fp16':  # one scaler per optimiser, saved with the main checkpoint
+        assert set(engine.precision.state_dict()) == {'model', 'discriminator'}
+        engine.save_model(0, 0.0, str(tmp_path))
+        ckpt = load_checkpoint(str(tmp_path / 'model' / 'model.pth.tar-1'))
+        assert ckpt['scalers']['discriminator']['scale'] == engine.precision.scaler('discriminator').get_scale()
+    else:
+        assert engine.precision.scaler('model') is None
+
+
+def test_fp32_default_runs_no_autocast(tiny_batch):
+    engine, _ = gan_engine('')
+    amp_step(engine, tiny_batch, torch.float32)
+
+
+def test_config_key_reaches_the_registered_engines():
+    cfg = plugins.get_default_config()
+    cfg.use_gpu = False
+    cfg.train.amp = 'bf16'
+    model = TinyReIDNet(num_classes=4)
+    engine = plugins.build_engine(cfg, FakeDataManager(4), model,
+                                  torch.optim.SGD(model.parameters(), lr=0.1), None)
+    assert engine.precision.dtype == torch.bfloat16
