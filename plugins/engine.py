@@ -76,6 +76,8 @@ class PluginEngine(Engine):
         find_unused_parameters (bool): passed to DDP (needed with ``fixbase_epoch``).
     """
 
+    STOP_CHECK_STEPS = 10
+
     def __init__(self, datamanager, model, optimizer, scheduler=None, use_gpu=True,
                  loss_terms=(), hooks=(), metric_fns=None, amp='', nonfinite_patience=10,
                  find_unused_parameters=False):
@@ -288,14 +290,21 @@ class PluginEngine(Engine):
             done = self.batch_idx + 1
             if done % print_freq == 0 or done == self.num_batches:
                 tick = self._log(meter, done, tick)
-            if self._stop_requested():
+            if self._stop_requested(done):
                 path = self.save_model(self.epoch, 0, self.save_dir, iteration=done)
                 raise TrainingInterrupted(self._stop.signum or signal.SIGTERM, path)
         self.update_lr()
 
-    def _stop_requested(self):
+    def _stop_requested(self, done):
+        """Whether a signal arrived (on any rank: all must stop at the same step).
+
+        Ranks agree every ``STOP_CHECK_STEPS`` steps, so the collective costs no
+        per-step synchronisation.
+        """
         if not distributed.is_distributed():
             return self._stop.signum is not None
+        if done % self.STOP_CHECK_STEPS and done != self.num_batches:
+            return False
         flag = torch.tensor([self._stop.signum or 0], device=self.device)
         distributed.all_reduce_max(flag)
         if flag.item() and self._stop.signum is None:
