@@ -22,11 +22,11 @@ from torch.utils.tensorboard import SummaryWriter
 from torchreid.reid import engine as host_engines
 from torchreid.reid import metrics
 from torchreid.reid.engine import Engine
-from torchreid.reid.losses import CrossEntropyLoss, TripletLoss
 
 from . import distributed
 from .checkpoint import load_checkpoint, plain, save_checkpoint
 from .hooks import TeacherDistillationHook
+from .losses import BatchHardTriplet, CrossEntropyLabelSmooth
 from .precision import Precision
 from .registry import Registry
 from .resilience import (NonFiniteLossError, StopOnSignal, TrainingInterrupted, checkpoint_name,
@@ -456,9 +456,8 @@ def logits_of(outputs):
 
 
 def cross_entropy_term(engine, weight, label_smooth, logits_fn=logits_of):
-    """Label-smoothed cross-entropy (torchreid's ``CrossEntropyLoss``) on the identity logits."""
-    criterion = CrossEntropyLoss(engine.datamanager.num_train_pids, use_gpu=engine.use_gpu,
-                                 label_smooth=label_smooth)
+    """Label-smoothed cross-entropy (torchreid's ``CrossEntropyLoss``, eps 0.1) on the identity logits."""
+    criterion = CrossEntropyLabelSmooth(0.1 if label_smooth else 0.0)
     return LossTerm('loss_x', weight, lambda e, batch, outputs: e.compute_loss(
         criterion, logits_fn(outputs), batch['pid']))
 
@@ -469,7 +468,7 @@ def triplet_term(engine, weight, margin):
     Under torchrun the hardest positives and negatives are mined in the global
     batch (features gathered from every rank), as in a single-process run.
     """
-    criterion = TripletLoss(margin=margin)
+    criterion = BatchHardTriplet(margin=margin)
     return LossTerm('loss_t', weight, lambda e, batch, outputs: e.compute_loss(
         criterion, distributed.gather_with_grad(outputs[1]),
         distributed.gather_with_grad(batch['pid'])))

@@ -5,7 +5,8 @@ Each fix replaces one host name with ours and has a test in ``tests/plugins``:
 * checkpoints: ``weights_only`` loading with a numpy-scalar allow-list, plain
   numbers and atomic writes when saving (:mod:`plugins.checkpoint`);
 * evaluation: the engine's ``metrics.evaluate_rank`` becomes our vectorised
-  one (same results; the wheel has no compiled evaluation), and the CUHK03
+  one (same results; the wheel has no compiled evaluation), its distance
+  matrix is computed on the GPU when there is one, and the CUHK03
   metric stops using ``np.bool`` (missing in numpy 1.24-1.26, an alias again
   since numpy 2) (:mod:`plugins.evaluation`);
 * samplers: ``build_train_sampler`` also builds registered samplers
@@ -43,6 +44,7 @@ def install_host_fixes():
     samplers.install()
     evaluation.patch_host_cuhk03_metric()
     metrics.evaluate_rank = evaluation.evaluate_rank
+    metrics.compute_distance_matrix = evaluation.compute_distance_matrix
     datasets.register()
     Dataset.download_dataset = offline_dataset_check
     images.install()

@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from plugins import evaluation
 from plugins.benchmarking import load_pristine_host_rank
@@ -228,3 +229,14 @@ def test_benchmark_evaluation_section(tmp_path):
     assert result['speedup'] == pytest.approx(result['host_s'] / result['ours_s'])
     assert result['max_abs_diff'] <= 1e-6
     assert '| host (s) | ours (s) | speed-up |' in (tmp_path / 'benchmark.md').read_text()
+
+
+@pytest.mark.parametrize('metric', ['euclidean', 'cosine'])
+def test_chunked_distance_matrix_equals_the_host(metric):
+    from torchreid.reid.metrics.distance import compute_distance_matrix as host
+    from plugins.evaluation import compute_distance_matrix
+    torch.manual_seed(0)
+    qf, gf = torch.randn(37, 16), torch.randn(101, 16)
+    ours = compute_distance_matrix(qf, gf, metric, device='cpu', chunk_rows=5)
+    torch.testing.assert_close(ours, host(qf, gf, metric), rtol=1e-5, atol=1e-5)
+    assert ours.device.type == 'cpu' and ours.shape == (37, 101)
