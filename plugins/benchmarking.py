@@ -461,3 +461,119 @@ def markdown_models(result):
 
 
 register_benchmark('models', bench_models, markdown_models)
+
+
+class _Capped:
+    """The first ``n`` batches of a loader, with the loader's ``len`` and ``sampler`` contract."""
+
+    def __init__(self, loader, n):
+        self.loader, self.n = loader, min(n, len(loader))
+        self.sampler = loader.sampler
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i == self.n:
+                return
+            yield batch
+
+
+ENGINE_SIZES = {'gpu': (256, 128, 64), 'cpu': (128, 64, 32), 'quick': (64, 32, 16)}
+
+
+def bench_engine(args, previous, save):
+    """torchreid's ``ImageTripletEngine`` against ours on the same model, data and losses.
+
+    Real Market-1501 when ``--root`` is given (``--dataset`` picks another), else
+    the embedded synthreid. ``resnet50``, CE (label smoothing) + triplet at weight 1, PK batches of 4
+    images per identity, Adam; real images through the same loader. Reports the
+    time per training iteration of each engine's own epoch loop (data loading,
+    logging every 20 steps to TensorBoard, LR bookkeeping) and of the bare step on
+    a batch already on the device, and checks that both engines compute the same
+    losses on the same first batch from the same weights.
+    """
+    import copy
+    import tempfile
+
+    from torch.utils.tensorboard import SummaryWriter
+    from torchreid.reid.engine import ImageTripletEngine
+
+    from .launch import build_datamanager, setup_config
+    from .engine import build_engine
+    from .models import build_model
+
+    if previous and previous.get('status') == 'done':
+        return previous
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    h, w, bs = ENGINE_SIZES['gpu' if device == 'cuda' else ('quick' if args.quick else 'cpu')]
+    iters = 4 if args.quick else 40
+    dataset = args.dataset or ('market1501' if args.root else 'synthreid')
+    cfg = setup_config('', ['data.sources', dataset, 'data.targets', dataset, 'data.height', str(h),
+                            'data.width', str(w), 'train.batch_size', str(bs), 'loss.name', 'triplet',
+                            'loss.triplet.weight_x', '1.0', 'sampler.train_sampler',
+                            'RandomIdentitySampler', 'data.transforms', "['random_flip']",
+                            'data.workers', str(min(8, os.cpu_count() or 1)), 'model.pretrained',
+                            'False', 'train.print_freq', '20'] + list(args.opts), root=args.root)
+    datamanager = build_datamanager(cfg)
+    torch.manual_seed(args.seed)
+    model = build_model('resnet50', datamanager.num_train_pids, loss='triplet', pretrained=False)
+    engines = {}
+    for name in ('torchreid', 'ours'):
+        net = copy.deepcopy(model).to(device)
+        optimizer = torch.optim.Adam(net.parameters(), lr=3e-4)
+        if name == 'torchreid':
+            engine = ImageTripletEngine(datamanager, net, optimizer, margin=0.3, weight_t=1.0,
+                                        weight_x=1.0, use_gpu=device == 'cuda', label_smooth=True)
+        else:
+            engine = build_engine(cfg, datamanager, net, optimizer, None)
+        engine.writer = SummaryWriter(log_dir=tempfile.mkdtemp(prefix='bench-engine-tb-'))
+        engine.max_epoch, engine.epoch = 2, 0
+        engines[name] = engine
+
+    batch = next(iter(datamanager.train_loader))
+    losses = {}
+    for name, engine in engines.items():
+        engine.set_model_mode('train')
+        log = engine.forward_backward(batch)
+        losses[name] = {k: float(log[k]) for k in ('loss_t', 'loss_x')}
+    sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+    result = {'device': device, 'dataset': dataset, 'height': h, 'width': w, 'batch': bs,
+              'iterations': iters, 'losses_first_batch': losses}
+    for name, engine in engines.items():
+        engine.train_loader = _Capped(datamanager.train_loader, 2)
+        engine.train(print_freq=20)  # warm-up: loader workers, cudnn autotuning
+        engine.train_loader = _Capped(datamanager.train_loader, iters)
+        sync()
+        start = time.perf_counter()
+        engine.train(print_freq=20)
+        sync()
+        result[name + '_iter_s'] = (time.perf_counter() - start) / len(engine.train_loader)
+        save({**result, 'status': 'running'})
+    ours = engines['ours']
+    fixed = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    result['bare_step_s'] = median_time(lambda: ours.forward_backward(fixed), steps=10, sync=sync)
+    result['status'] = 'done'
+    return result
+
+
+def markdown_engine(result):
+    if result.get('status') != 'done':
+        return '## engine: not finished'
+    r = result
+    host, ours, bare = r['torchreid_iter_s'], r['ours_iter_s'], r['bare_step_s']
+    lines = ['## engine: torchreid `ImageTripletEngine` vs ours ({device}, resnet50, batch {batch}, '
+             '{height}x{width}, real {dataset} images, {iterations} iterations)'.format(**r), '',
+             '| loop | ms / iteration | vs bare step |', '|---|---:|---:|',
+             '| bare step (batch on the device) | {:.1f} | 1.00x |'.format(1000 * bare),
+             '| ours (`PluginEngine.train`) | {:.1f} | {:.2f}x |'.format(1000 * ours, ours / bare),
+             '| torchreid (`ImageTripletEngine.train`) | {:.1f} | {:.2f}x |'.format(1000 * host,
+                                                                                 host / bare),
+             '', 'Ours is {:.2f}x faster per iteration. Losses on the same first batch from the same '
+                 'weights: torchreid {}, ours {}.'.format(host / ours, r['losses_first_batch']['torchreid'],
+                                                          r['losses_first_batch']['ours'])]
+    return '\n'.join(lines)
+
+
+register_benchmark('engine', bench_engine, markdown_engine)

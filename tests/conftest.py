@@ -80,10 +80,11 @@ def load_tool(name):
     return module
 
 
-def run_benchmark_section(name, out_dir):
-    """``tools/benchmark.py --sections NAME --quick``: returns (the section's JSON result, the Markdown)."""
+def run_benchmark_section(name, out_dir, *extra):
+    """``tools/benchmark.py --sections NAME --quick [extra]``: returns (the section's JSON result,
+    the Markdown)."""
     import json
-    load_tool('benchmark').main(['--sections', name, '--quick', '--out-dir', str(out_dir)])
+    load_tool('benchmark').main(['--sections', name, '--quick', '--out-dir', str(out_dir), *extra])
     report = json.loads((out_dir / 'benchmark.json').read_text())
     return report['sections'][name], (out_dir / 'benchmark.md').read_text()
 
@@ -108,3 +109,24 @@ def amp_step(engine, batch, dtype=torch.bfloat16, steps=1):
     moved = [n for n, p in engine.model.named_parameters() if n in params and not torch.equal(p, params[n])]
     assert len(moved) > len(params) // 2, sorted(set(params) - set(moved))
     return log
+
+
+MARKET_SUBSET_IDS = 40  # train and test identities of the real-data subset
+
+
+@pytest.fixture(scope='session')
+def market_subset(tmp_path_factory):
+    """A 40-identity Market-1501 cut from the tarball at ``$REID_MARKET1501_TAR`` (set by
+    ``.ci/run`` to the shared copy); the folder to pass as ``--root``.
+
+    Outside CI a missing tarball skips the real-data tests; in CI it fails them.
+    """
+    from plugins.datasets.market_subset import ENV_VAR, extract_market_subset
+    tarball = os.environ.get(ENV_VAR, '')
+    if not os.path.isfile(tarball):
+        message = '${} does not name the Market-1501 tarball (got {!r})'.format(ENV_VAR, tarball)
+        if os.environ.get('CI'):
+            pytest.fail(message)
+        pytest.skip(message)
+    root = str(tmp_path_factory.mktemp('market1501_subset'))
+    return extract_market_subset(tarball, root, MARKET_SUBSET_IDS, MARKET_SUBSET_IDS, 100, seed=0)

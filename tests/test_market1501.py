@@ -1,0 +1,70 @@
+"""Real data: a 40-identity Market-1501 cut from the tarball (``$REID_MARKET1501_TAR``),
+read by torchreid's own loader, and every project's from-scratch recipe learning on it
+through ``tools/train.py``. The images live in a temporary folder, never in the repository."""
+import glob
+import os
+import re
+
+import numpy as np
+import pytest
+from torchreid.reid.data.datasets.image.market1501 import Market1501
+
+from plugins.launch import build_datamanager, setup_config
+from tests.conftest import MARKET_SUBSET_IDS, REPO, run_tool
+
+PROJECT_SCRATCH_CONFIGS = sorted(
+    c for c in glob.glob(os.path.join(REPO, 'configs', '*', '*_scratch_market1501.yaml'))
+    if os.sep + 'baselines' + os.sep not in c)
+# the recipes at CPU-test scale: 64x32, batch 32, 8 epochs (1 of warm-up), one evaluation
+CPU_SCALE = ['data.height', '64', 'data.width', '32', 'train.batch_size', '32', 'train.max_epoch',
+             '8', 'train.warmup_epochs', '1', 'data.workers', '2', 'test.eval_freq', '-1',
+             'train.print_freq', '1000', 'test.batch_size', '128']
+
+
+def chance_rank1(dataset):
+    """Expected Rank-1 of a random ranking: per query, true matches / kept gallery images."""
+    g_pids = np.array([pid for _, pid, _, _ in dataset.gallery])
+    g_cams = np.array([cam for _, _, cam, _ in dataset.gallery])
+    ratios = []
+    for _, pid, cam, _ in dataset.query:
+        kept = ~((g_pids == pid) & (g_cams == cam))
+        ratios.append(((g_pids == pid) & kept).sum() / kept.sum())
+    return float(np.mean(ratios))
+
+
+def test_subset_is_read_by_torchreids_own_loader(market_subset):
+    cfg = setup_config('', ['data.sources', 'market1501', 'data.targets', 'market1501',
+                            'data.workers', '0'], root=market_subset)
+    datamanager = build_datamanager(cfg)
+    assert datamanager.num_train_pids == MARKET_SUBSET_IDS
+    dataset = Market1501(root=market_subset)
+    train_pids = {pid for _, pid, _, _ in dataset.train}
+    query_pids = {pid for _, pid, _, _ in dataset.query}
+    gallery_pids = {pid for _, pid, _, _ in dataset.gallery}
+    assert len(query_pids) == MARKET_SUBSET_IDS and query_pids <= gallery_pids
+    assert 0 in gallery_pids  # distractors
+    assert len({cam for _, _, cam, _ in dataset.train}) == 6
+    assert 0.01 < chance_rank1(dataset) < 0.05
+
+
+def test_root_without_the_dataset_names_the_folder_and_layout(tmp_path):
+    code, out = run_tool('train', '--config-file',
+                         os.path.join(REPO, 'configs', 'baselines', 'resnet50_scratch_market1501.yaml'),
+                         '--root', str(tmp_path), cwd=tmp_path)
+    assert code == 1 and 'Traceback' not in out
+    assert os.path.join(str(tmp_path), 'market1501') in out
+    assert 'bounding_box_train' in out and 'Nothing is downloaded' in out
+
+
+@pytest.mark.parametrize('config', PROJECT_SCRATCH_CONFIGS,
+                         ids=[os.path.basename(c).split('_')[0] for c in PROJECT_SCRATCH_CONFIGS])
+def test_each_project_learns_from_scratch_on_real_images(config, market_subset, tmp_path):
+    code, out = run_tool('train', '--config-file', config, '--root', market_subset, *CPU_SCALE,
+                         'data.save_dir', str(tmp_path / 'log'), cwd=tmp_path, timeout=900)
+    assert code == 0, out[-3000:]
+    chance_acc = 100.0 / MARKET_SUBSET_IDS
+    accuracy = [float(a) for a in re.findall(r'epoch: \[\d+/8\]\[\d+/\d+\].*?\bacc ([\d.]+)', out)]
+    assert len(accuracy) == 8 and accuracy[-1] >= 4 * chance_acc, accuracy  # it fits the identities
+    rank1 = float(re.findall(r'Rank-1\s*:\s*([\d.]+)%', out)[-1]) / 100
+    chance = chance_rank1(Market1501(root=market_subset))
+    assert rank1 >= 4 * chance, (rank1, chance)  # and retrieves unseen ones well above chance
