@@ -134,6 +134,7 @@ def _plugin_defaults(cfg):
     cfg.train.warmup_epochs = 0  # linear LR warm-up epochs before train.lr_scheduler (0: none)
     cfg.train.warmup_factor = 0.01  # warm-up starts at warmup_factor * train.lr
     cfg.train.amp = ''  # mixed precision: '' (fp32), 'bf16', or 'fp16' (with gradient scaling)
+    cfg.train.channels_last = False  # NHWC model and batches (faster convolutions on tensor cores)
     cfg.train.nonfinite_patience = 10  # stop after this many non-finite steps in a row (0: no check)
     cfg.train.deterministic = False  # deterministic kernels (a resumed run repeats the same losses)
     cfg.train.sync_bn = False  # SyncBatchNorm across GPUs under torchrun (CUDA only)

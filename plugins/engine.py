@@ -74,13 +74,14 @@ class PluginEngine(Engine):
         nonfinite_patience (int): non-finite steps in a row before stopping; 0 disables
             the check (and its one flag read per step).
         find_unused_parameters (bool): passed to DDP (needed with ``fixbase_epoch``).
+        channels_last (bool): NHWC memory format for every registered network and the batches.
     """
 
     STOP_CHECK_STEPS = 10
 
     def __init__(self, datamanager, model, optimizer, scheduler=None, use_gpu=True,
                  loss_terms=(), hooks=(), metric_fns=None, amp='', nonfinite_patience=10,
-                 find_unused_parameters=False):
+                 find_unused_parameters=False, channels_last=False):
         super().__init__(datamanager, use_gpu)
         if self.use_gpu:
             self.device = torch.device('cuda', torch.cuda.current_device())
@@ -89,6 +90,7 @@ class PluginEngine(Engine):
         self.precision = Precision(amp, self.device)
         self.nonfinite_patience = nonfinite_patience
         self.find_unused_parameters = find_unused_parameters
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.model = self.register_model('model', model, optimizer, scheduler)
@@ -113,7 +115,8 @@ class PluginEngine(Engine):
         Returns the network to call for trainable forwards (the DDP wrapper under
         torchrun); frozen side passes should call the unwrapped module.
         """
-        model = distributed.wrap(model.to(self.device), self.device, self.find_unused_parameters)
+        model = model.to(self.device, memory_format=self.memory_format)
+        model = distributed.wrap(model, self.device, self.find_unused_parameters)
         super().register_model(name, model, optim, sched)
         return model
 
@@ -126,7 +129,8 @@ class PluginEngine(Engine):
     def parse_batch(self, data):
         """The loader's dict with images and identities moved to the engine's device."""
         batch = dict(data)
-        batch['img'] = data['img'].to(self.device, non_blocking=True)
+        batch['img'] = data['img'].to(self.device, non_blocking=True,
+                                      memory_format=self.memory_format)
         batch['pid'] = data['pid'].to(self.device, non_blocking=True)
         return batch
 
@@ -481,7 +485,7 @@ def accuracy(engine, batch, outputs):
 
 def engine_options(cfg):
     """:class:`PluginEngine` keyword arguments read from the config (every engine builder passes them)."""
-    return {'use_gpu': cfg.use_gpu, 'amp': cfg.train.amp,
+    return {'use_gpu': cfg.use_gpu, 'amp': cfg.train.amp, 'channels_last': cfg.train.channels_last,
             'nonfinite_patience': cfg.train.nonfinite_patience,
             'find_unused_parameters': cfg.train.find_unused_parameters}
 

@@ -61,3 +61,15 @@ def test_config_key_reaches_the_registered_engines():
     engine = plugins.build_engine(cfg, FakeDataManager(4), model,
                                   torch.optim.SGD(model.parameters(), lr=0.1), None)
     assert engine.precision.dtype == torch.bfloat16
+
+
+def test_channels_last_model_and_batches(tiny_batch):
+    model = TinyReIDNet(num_classes=4)
+    engine = PluginEngine(FakeDataManager(4), model, torch.optim.SGD(model.parameters(), lr=0.1),
+                          use_gpu=False, channels_last=True)
+    engine.loss_terms = [cross_entropy_term(engine, 1.0, True)]
+    conv = engine.model.backbone[0]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert engine.parse_batch(tiny_batch)['img'].is_contiguous(memory_format=torch.channels_last)
+    amp_step(engine, tiny_batch, torch.float32)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
