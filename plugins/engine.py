@@ -224,7 +224,7 @@ class PluginEngine(Engine):
     def two_stepped_transfer_learning(self, epoch, fixbase_epoch, open_layers, model=None):
         """The host's layer freezing, applied to the network inside a DDP wrapper."""
         super().two_stepped_transfer_learning(epoch, fixbase_epoch, open_layers,
-                                              unwrap_model(model or self.model))
+                                              unwrap_model(self.model if model is None else model))
 
     def extract_features(self, input):
         """Evaluation runs on rank 0 alone, so it must not call the DDP wrapper."""
