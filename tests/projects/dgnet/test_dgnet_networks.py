@@ -1,0 +1,260 @@
+"""DG-Net networks: parameter counts equal the official ones, shapes, detached appearance
+code, AdaIN parameter routing, retrieval feature, discriminator losses and R1 penalty."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from projects.dgnet.networks import (AdaINParameterMLPs, AdaINResidualBlock, AppearanceEncoder,
+                                     Decoder, Generator, LayerNorm, MultiScaleDiscriminator,
+                                     adaptive_instance_norm, discriminator_loss,
+                                     generator_adversarial_loss, r1_penalty)
+
+# Smallest convenient 2:1 size: the dilation-9 ASPP branch needs a structure code of at least 10x10.
+SMALL = (80, 40)
+
+
+@pytest.fixture(scope='module', autouse=True)
+def single_thread():
+    """Tiny inputs: one intra-op thread avoids oversubscribing a busy CPU (100x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.fixture(scope='module')
+def appearance_encoder():
+    torch.manual_seed(0)
+    return AppearanceEncoder(751)
+
+
+@pytest.fixture(scope='module')
+def generator():
+    torch.manual_seed(0)
+    return Generator()
+
+
+def test_parameter_counts_equal_the_official_networks(appearance_encoder, generator):
+    # ft_netAB with 751 classes: 28,427,782 official, less torchvision's unused fc (2,049,000).
+    assert count(appearance_encoder) == 26378782
+    assert count(appearance_encoder.primary) == count(appearance_encoder.fine) == 1435375
+    assert count(generator.structure_encoder) == 380544
+    assert count(generator.decoder) == 1455555
+    assert count(generator.adain_mlps) == 11544576
+    assert count(generator) == 13380675  # AdaINGen
+    discriminator = MultiScaleDiscriminator()
+    assert count(discriminator) == 1025571
+    assert [count(s) for s in discriminator.scales] == [341857] * 3
+
+
+def test_discriminator_pyramid_averages_without_the_padding():
+    # count_include_pad=False: a constant image stays constant at the borders of every scale.
+    pooled = MultiScaleDiscriminator().downsample(torch.ones(1, 3, 6, 4))
+    assert torch.equal(pooled, torch.ones(1, 3, 3, 2))
+
+
+def test_shapes_at_a_small_input(appearance_encoder, generator):
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, *SMALL)
+    code, (primary, fine) = appearance_encoder.train().encode(images)
+    assert code.shape == (2, 8192)
+    assert primary.shape == fine.shape == (2, 751)
+    structure = generator.encode(images)
+    assert structure.shape == (2, 128, 20, 10)
+    generated = generator.decode(structure, code)
+    assert generated.shape == (2, 3, *SMALL)
+    outputs = MultiScaleDiscriminator()(generated)
+    assert [tuple(o.shape) for o in outputs] == [(2, 1, 20, 10), (2, 1, 10, 5), (2, 1, 5, 3)]
+
+
+def test_shapes_at_256x128_on_the_meta_device():
+    with torch.device('meta'):
+        appearance_encoder = AppearanceEncoder(751).eval()
+        generator, discriminator = Generator(), MultiScaleDiscriminator()
+        images = torch.empty(2, 3, 256, 128)
+        code, _ = appearance_encoder.encode(images)
+        structure = generator.encode(images)
+        generated = generator.decode(structure, code)
+        outputs = discriminator(generated)
+        feature = appearance_encoder(images)
+    assert code.shape == (2, 8192) and feature.shape == (2, 1024)
+    assert structure.shape == (2, 128, 64, 32)
+    assert generated.shape == (2, 3, 256, 128)
+    assert [tuple(o.shape[-2:]) for o in outputs] == [(64, 32), (32, 16), (16, 8)]
+
+
+def test_generator_losses_do_not_reach_the_appearance_encoder(appearance_encoder, generator):
+    torch.manual_seed(0)
+    appearance_encoder.train().zero_grad(set_to_none=True)
+    generator.zero_grad(set_to_none=True)
+    images = torch.randn(2, 3, *SMALL)
+    code, _ = appearance_encoder.encode(images)
+    assert not code.requires_grad
+    generator(images.flip(0), code).abs().mean().backward()
+    assert all(p.grad is None for p in appearance_encoder.parameters())
+    # The same loss does train the generator (encoder, MLPs and decoder).
+    for part in (generator.structure_encoder, generator.adain_mlps, generator.decoder):
+        assert all(p.grad is not None for p in part.parameters())
+    generator.zero_grad(set_to_none=True)
+
+
+def test_appearance_code_is_the_official_channel_major_part_pooling(appearance_encoder):
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, *SMALL)
+    appearance_encoder.eval()
+    with torch.no_grad():
+        code, _ = appearance_encoder.encode(images)
+        feature_map = appearance_encoder.trunk(images)  # (2, 2048, 5, 3)
+    parts = code.view(2, 2048, 4)
+    # Part p of channel c at entry 4c + p; with 5 rows, part 0 is rows 0-1, part 3 rows 3-4.
+    assert torch.equal(parts[:, :, 0], feature_map[:, :, 0:2].amax(dim=(2, 3)))
+    assert torch.equal(parts[:, :, 3], feature_map[:, :, 3:5].amax(dim=(2, 3)))
+
+
+def test_mlp_k_drives_decoder_block_k_only():
+    torch.manual_seed(0)
+    mlps, decoder = AdaINParameterMLPs(), Decoder()
+    # What the MLPs emit is what the blocks consume: 8 AdaIN layers x 128 channels.
+    assert mlps.out_channels == decoder.adain_channels == 8 * 128
+    assert [block.adain_channels for block in decoder.blocks] == [256] * 4
+    code = torch.randn(2, 8192)
+    changed = code.clone()
+    changed[:, 2048:4096] += 1.0  # chunk 1 only
+    with torch.no_grad():
+        (w, b), (w2, b2) = mlps(code), mlps(changed)
+    assert w.shape == b.shape == (2, 1024)
+    for before, after in ((w, w2), (b, b2)):
+        moved = (before != after).any(dim=0)
+        assert moved[256:512].all() and not moved[:256].any() and not moved[512:].any()
+    with pytest.raises(ValueError, match='1024 AdaIN parameters'):
+        decoder(torch.randn(2, 128, 10, 10), w[:, :768], b[:, :768])
+
+
+def test_adain_parameters_reach_the_layers_in_the_official_order():
+    torch.manual_seed(0)
+    block = AdaINResidualBlock(4)
+    x, weight, bias = torch.randn(2, 4, 6, 5), torch.randn(2, 8), torch.randn(2, 8)
+    # assign_adain_params: first 4 columns to the first conv's AdaIN, next 4 to the second's.
+    hidden = F.leaky_relu(adaptive_instance_norm(block.conv1(x), weight[:, :4], bias[:, :4]), 0.2)
+    expected = x + adaptive_instance_norm(block.conv2(hidden), weight[:, 4:], bias[:, 4:])
+    assert torch.allclose(block(x, weight, bias), expected, atol=1e-6)
+    decoder = Decoder()
+    structure = torch.randn(1, 128, 10, 10)
+    weight, bias = torch.randn(1, 1024), torch.randn(1, 1024)
+    with torch.no_grad():
+        hidden = structure
+        for k, blk in enumerate(decoder.blocks):  # block k reads columns [256k, 256k + 256)
+            hidden = blk(hidden, weight[:, 256 * k:256 * (k + 1)], bias[:, 256 * k:256 * (k + 1)])
+        assert torch.allclose(decoder(structure, weight, bias), decoder.to_image(hidden), atol=1e-5)
+
+
+def test_functional_adain_equals_the_official_batch_norm_formulation():
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(3, 4, 5, 6), torch.randn(3, 4), torch.randn(3, 4)
+    # Official AdaptiveInstanceNorm2d: batch norm (training) over the (1, N*C, H, W) view.
+    official = F.batch_norm(x.reshape(1, 12, 5, 6), torch.zeros(12), torch.ones(12),
+                            weight.reshape(-1), bias.reshape(-1), True, 0.1, 1e-5).view_as(x)
+    assert torch.allclose(adaptive_instance_norm(x, weight, bias), official, atol=1e-5)
+
+
+def test_layer_norm_uses_the_official_unbiased_std_plus_eps():
+    torch.manual_seed(0)
+    norm = LayerNorm(4)
+    assert ((norm.gamma >= 0) & (norm.gamma < 1)).all() and not norm.beta.any()
+    x = torch.randn(2, 4, 3, 5) * 3 + 1
+    flat = x.flatten(1)
+    expected = (x - flat.mean(1).view(2, 1, 1, 1)) / (flat.std(1).view(2, 1, 1, 1) + 1e-5)
+    expected = expected * norm.gamma.view(1, 4, 1, 1)
+    assert torch.allclose(norm(x), expected, atol=1e-6)
+
+
+def test_structure_encoder_reads_grey_has_the_official_aspp_and_rejects_small_images(generator):
+    torch.manual_seed(0)
+    encoder = generator.structure_encoder
+    aspp = encoder.layers[-1]
+    assert [branch[4].dilation for branch in aspp.atrous] == [(3, 3), (6, 6), (9, 9)]
+    images = torch.randn(1, 3, *SMALL)
+    with torch.no_grad():
+        assert torch.allclose(encoder(images), encoder(images.mean(1, keepdim=True)), atol=1e-6)
+    with pytest.raises(ValueError, match='at least 37x37'):
+        encoder(torch.randn(1, 3, 64, 32))  # a 16x8 code: the reflection pad of 9 does not fit
+
+
+def test_train_outputs_logits_and_eval_outputs_the_weighted_normalised_embeddings(
+        appearance_encoder):
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, *SMALL)
+    appearance_encoder.train()
+    primary, fine = appearance_encoder(images)
+    assert primary.shape == fine.shape == (2, 751)
+    appearance_encoder.eval()
+    with torch.no_grad():
+        feature = appearance_encoder(images)
+        pooled = F.adaptive_max_pool2d(appearance_encoder.trunk(images), 1).flatten(1)
+        fine_embedding = appearance_encoder.fine.embedding(pooled)
+    assert feature.shape == (2, 1024)
+    assert torch.allclose(feature[:, :512].norm(dim=1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(feature[:, 512:].norm(dim=1), torch.full((2,), 0.5), atol=1e-5)
+    assert torch.allclose(feature[:, 512:], 0.5 * F.normalize(fine_embedding, dim=1), atol=1e-6)
+    with pytest.raises(ValueError, match='softmax'):
+        AppearanceEncoder(5, loss='triplet')
+
+
+def test_initialisation_follows_the_official_code(appearance_encoder):
+    block = appearance_encoder.primary
+    assert 0.0008 < block.classifier.weight.std().item() < 0.0012
+    assert not block.classifier.bias.any() and not block.embedding[0].bias.any()
+    assert torch.equal(block.embedding[1].weight, torch.ones(512))  # BatchNorm left at default
+    torch.manual_seed(0)
+    discriminator = MultiScaleDiscriminator()
+    conv = discriminator.scales[0][-1]
+    weights = torch.cat([m.weight.flatten() for m in discriminator.modules()
+                         if isinstance(m, torch.nn.Conv2d)])
+    assert 0.019 < weights.std().item() < 0.021 and not conv.bias.any()
+
+
+def zero_discriminator():
+    discriminator = MultiScaleDiscriminator()
+    with torch.no_grad():
+        for p in discriminator.parameters():
+            p.zero_()
+    return discriminator
+
+
+def test_lsgan_losses_of_a_zero_discriminator():
+    torch.manual_seed(0)
+    discriminator = zero_discriminator()
+    real = torch.randn(2, 3, 48, 24, requires_grad=True)
+    fake = torch.randn(2, 3, 48, 24)
+    real_outputs, fake_outputs = discriminator(real), discriminator(fake)
+    # D outputs 0 everywhere: fake terms 0, real terms (0 - 1)^2 = 1 per scale.
+    assert discriminator_loss(fake_outputs, real_outputs).item() == pytest.approx(3.0)
+    assert generator_adversarial_loss(fake_outputs).item() == pytest.approx(6.0)
+    assert r1_penalty(real_outputs, real).item() == 0.0
+
+
+def test_losses_are_non_negative_and_r1_trains_the_discriminator():
+    torch.manual_seed(0)
+    discriminator = MultiScaleDiscriminator()
+    real = torch.randn(2, 3, 48, 24, requires_grad=True)
+    fake = torch.randn(2, 3, 48, 24)
+    real_outputs, fake_outputs = discriminator(real), discriminator(fake)
+    assert discriminator_loss(fake_outputs, real_outputs).item() > 0
+    assert generator_adversarial_loss(fake_outputs).item() > 0
+    penalty = r1_penalty(real_outputs, real)
+    assert penalty.item() > 0
+    penalty.backward()
+    assert discriminator.scales[2][0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match='requires_grad_'):
+        r1_penalty(discriminator(fake), fake)
+
+
+def test_r1_penalty_against_a_hand_computation():
+    images = torch.randn(3, 2, 4, 5, requires_grad=True)
+    # d(2x).sum()/dx = 2 and d(3 x.sum())/dx = 3 everywhere: per sample 2*4*5 = 40 entries.
+    outputs = [2 * images, 3 * images.sum(dim=(1, 2, 3))]
+    assert r1_penalty(outputs, images).item() == pytest.approx(40 * (4 + 9))
