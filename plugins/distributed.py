@@ -16,6 +16,7 @@ is a no-op and training runs exactly as before. Under torchrun:
   global batch;
 * only rank 0 logs, writes TensorBoard, evaluates and saves (:func:`is_main`).
 """
+import datetime
 import os
 import random
 
@@ -59,7 +60,9 @@ def init_from_env(use_gpu):
         backend = 'nccl' if use_gpu else 'gloo'
         if use_gpu:
             torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0')))  # before the group starts
-        dist.init_process_group(backend=backend)
+        # rank 0 alone evaluates (and generates synthreid) while the others wait at a
+        # barrier: NCCL's 10-minute default would abort them on a large gallery
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=2))
     return torch.device('cuda', torch.cuda.current_device()) if use_gpu else torch.device('cpu')
 
 
@@ -120,7 +123,18 @@ def gather_with_grad(tensor):
     """
     if not is_distributed():
         return tensor
+    if isinstance(tensor, (tuple, list)):  # deep supervision: several feature tensors
+        return type(tensor)(gather_with_grad(t) for t in tensor)
     return _GatherWithGrad.apply(tensor)
+
+
+def gather_objects(obj):
+    """``[obj of rank 0, obj of rank 1, ...]`` (collective; a one-item list when not distributed)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def all_reduce_max(tensor):
@@ -141,15 +155,18 @@ class _seeded_host_rngs:
         self.seed = seed
 
     def __enter__(self):
-        self.saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        self.saved = random.getstate(), np.random.get_state()
+        self.torch_rngs = torch.random.fork_rng(
+            devices=range(torch.cuda.device_count()) if torch.cuda.is_initialized() else [])
+        self.torch_rngs.__enter__()
         random.seed(self.seed)
-        np.random.seed(self.seed)
+        np.random.seed(self.seed % 2 ** 32)
         torch.manual_seed(self.seed)
 
     def __exit__(self, *exc):
+        self.torch_rngs.__exit__(*exc)
         random.setstate(self.saved[0])
         np.random.set_state(self.saved[1])
-        torch.set_rng_state(self.saved[2])
 
 
 class BatchShard(Sampler):

@@ -263,9 +263,14 @@ class PluginEngine(Engine):
             self.writer.close()
 
     def _test_and_save(self, save_dir, test_kwargs):
+        """Evaluate (rank 0) and save; a pending stop request saves first and skips the test."""
+        if self._stop_requested(agree_now=True):
+            self._interrupt(0)
         rank1 = self.test(save_dir=save_dir, **test_kwargs) if distributed.is_main() else 0
         distributed.barrier()
-        self.save_model(self.epoch, rank1, save_dir)
+        path = self.save_model(self.epoch, rank1, save_dir)
+        if self._stop_requested(agree_now=True):
+            raise TrainingInterrupted(self._stop.signum, path)
 
     def train(self, print_freq=10, fixbase_epoch=0, open_layers=None):
         """One epoch. Resumes inside the epoch when the checkpoint was saved mid-epoch."""
@@ -275,45 +280,54 @@ class PluginEngine(Engine):
         if hasattr(loader.sampler, 'set_epoch'):
             loader.sampler.set_epoch(self.epoch)
         resume, self._resume_point = self._resume_point, None
-        if resume is not None and resume['epoch'] == self.epoch and resume['iteration']:
-            set_rng_state(resume['epoch_rng'])
+        if resume is not None:  # the RNG state this epoch started from in the interrupted run
+            set_rng_state(resume['epoch_rng'] if resume['iteration'] else resume['rng'])
         self._epoch_rng = rng_state()
         self.num_batches = len(loader)
-        batches = iter(loader)
+        batches = iter(loader)  # draws the sampler's order and the workers' seeds
         first = 0
-        if resume is not None:
-            if resume['epoch'] == self.epoch and resume['iteration']:
-                first = resume['iteration']
-                for _ in range(first):  # the same images and augmentation draws as before
-                    next(batches)
+        if resume is not None and resume['iteration']:
+            first = resume['iteration']
+            for _ in range(first):  # the same images and augmentation draws as before
+                next(batches)
             set_rng_state(resume['rng'])
         meter = _DeviceMeter()
         tick = time.time()
+        done = first
         for self.batch_idx, data in enumerate(batches, start=first):
             meter.add(self.forward_backward(data))
             done = self.batch_idx + 1
-            if done % print_freq == 0 or done == self.num_batches:
+            if done % print_freq == 0:
                 tick = self._log(meter, done, tick)
             if self._stop_requested(done):
-                path = self.save_model(self.epoch, 0, self.save_dir, iteration=done)
-                raise TrainingInterrupted(self._stop.signum or signal.SIGTERM, path)
+                self._interrupt(done)
+        if meter.count:
+            self._log(meter, done, tick)
+        if self._stop_requested(done, agree_now=True):
+            self._interrupt(done)
         self.update_lr()
 
-    def _stop_requested(self, done):
+    def _stop_requested(self, done=0, agree_now=False):
         """Whether a signal arrived (on any rank: all must stop at the same step).
 
-        Ranks agree every ``STOP_CHECK_STEPS`` steps, so the collective costs no
-        per-step synchronisation.
+        Under torchrun the ranks agree every ``STOP_CHECK_STEPS`` steps (or now, with
+        ``agree_now``), so the collective costs no per-step synchronisation.
         """
-        if not distributed.is_distributed():
-            return self._stop.signum is not None
-        if done % self.STOP_CHECK_STEPS and done != self.num_batches:
-            return False
-        flag = torch.tensor([self._stop.signum or 0], device=self.device)
-        distributed.all_reduce_max(flag)
-        if flag.item() and self._stop.signum is None:
-            self._stop.signum = int(flag.item())
-        return bool(flag.item())
+        signum = self._stop.signum
+        if distributed.is_distributed():
+            if done % self.STOP_CHECK_STEPS and not agree_now:
+                return False
+            flag = torch.tensor([signum or 0], device=self.device)
+            signum = int(distributed.all_reduce_max(flag).item()) or None
+            self._stop.signum = signum
+        if signum is not None:
+            print('Received {}: saving a checkpoint'.format(signal.Signals(signum).name), flush=True)
+        return signum is not None
+
+    def _interrupt(self, iteration):
+        """Save everything after ``iteration`` steps of this epoch (0: after it) and stop."""
+        path = self.save_model(self.epoch, 0, self.save_dir, iteration=iteration)
+        raise TrainingInterrupted(self._stop.signum, path)
 
     def _log(self, meter, done, tick):
         """Read the running sums (the only per-interval sync) and print/write them."""
@@ -348,11 +362,14 @@ class PluginEngine(Engine):
         stopped after ``iteration`` steps of ``epoch`` it is ``model.pth.tar-<epoch>+iter<i>``
         and also holds the RNG state at the epoch's start, so a resume replays the
         epoch's batches exactly. The main checkpoint carries the hooks', the gradient
-        scalers' and the RNG state.
+        scalers' and every rank's RNG state. Called on every rank (it gathers the
+        RNG states); rank 0 writes.
         """
         epochs_done = epoch if iteration else epoch + 1
         name = checkpoint_name(epochs_done, iteration)
         path = osp.join(save_dir, 'model', name)
+        rng = distributed.gather_objects(rng_state())  # every rank's, in rank order
+        epoch_rng = distributed.gather_objects(self._epoch_rng) if iteration else None
         if not distributed.is_main():
             return path
         for net in self.get_model_names():
@@ -368,9 +385,9 @@ class PluginEngine(Engine):
             if net == 'model':
                 state['hooks'] = {h.name: h.state_dict() for h in self.hooks}
                 state['scalers'] = self.precision.state_dict()
-                state['rng'] = rng_state()
+                state['rng'] = rng
                 if iteration:
-                    state['epoch_rng'] = self._epoch_rng
+                    state['epoch_rng'] = epoch_rng
             save_checkpoint(state, osp.join(save_dir, net), is_best=is_best, name=name)
         return path
 
@@ -397,36 +414,47 @@ class PluginEngine(Engine):
                     hook.load_state_dict(ckpt.get('hooks', {}).get(hook.name, {}))
                 self.precision.load_state_dict(ckpt.get('scalers'))
                 if 'rng' in ckpt:
-                    self._resume_point = {'epoch': start_epoch, 'rng': ckpt['rng'],
+                    self._resume_point = {'epoch': start_epoch, 'rng': _own(ckpt['rng']),
                                           'iteration': ckpt.get('iteration', 0),
-                                          'epoch_rng': ckpt.get('epoch_rng')}
+                                          'epoch_rng': _own(ckpt.get('epoch_rng'))}
             where = ('epoch {}, iteration {}'.format(ckpt['epoch'] + 1, ckpt['iteration'])
                      if ckpt.get('iteration') else 'epoch {}'.format(ckpt['epoch']))
             print('Resumed {!r} from "{}" ({})'.format(name, path, where))
         return start_epoch
 
 
+def _own(states):
+    """This rank's entry of a per-rank list saved by :meth:`PluginEngine.save_model`
+    (rank 0's when the run had fewer processes)."""
+    if not states:
+        return states
+    rank = distributed.get_rank()
+    return states[rank] if rank < len(states) else states[0]
+
+
 class _DeviceMeter:
-    """Sums of per-step values kept on their device; one transfer when read."""
+    """Per-name sums of per-step values kept on their device; one transfer when read."""
 
     def __init__(self):
         self.reset()
 
     def reset(self):
-        self.sums, self.count = {}, 0
+        self.sums, self.counts, self.count = {}, {}, 0
 
     def add(self, summary):
         self.count += 1
         for name, value in summary.items():
             value = torch.as_tensor(value).detach().float().reshape(())  # one number per name
             self.sums[name] = self.sums[name] + value if name in self.sums else value
+            self.counts[name] = self.counts.get(name, 0) + 1
 
     def read(self):
+        """Average of each name over the steps that logged it."""
         if not self.sums:
             return {}
         names = list(self.sums)
         device = self.sums[names[0]].device
-        values = torch.stack([self.sums[n].to(device) for n in names]) / self.count
+        values = torch.stack([self.sums[n].to(device) / self.counts[n] for n in names])
         return dict(zip(names, values.tolist()))
 
 

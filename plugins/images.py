@@ -7,14 +7,14 @@ once and raises :class:`ImageReadError` naming it. With
 readable image of the same identity (the batch keeps its PK composition), a
 warning names it, and the engine logs how many were replaced; query and gallery
 images always raise, since silently changing a test set would change its
-metrics.
+metrics. The flag lives on the dataset object (``dataset.skip_bad_images``), so
+it reaches loader workers however they are started.
 """
 import os.path as osp
+import re
 
 from PIL import Image
 from torchreid.reid.data.datasets import dataset as host_dataset
-
-_SKIP_TRAINING = [False]
 
 
 class ImageReadError(OSError):
@@ -36,9 +36,14 @@ def read_image(path):
                 path, type(err).__name__, err)) from None
 
 
-def skip_bad_training_images(enabled):
-    """Set by the launcher from ``data.skip_bad_images`` before the data manager is built."""
-    _SKIP_TRAINING[0] = bool(enabled)
+def original_message(err):
+    """The message of an :class:`ImageReadError`, without the DataLoader's re-raise wrapping.
+
+    A worker's exception comes back as "Caught ImageReadError in DataLoader worker
+    process 0. Original Traceback ...": the last line holds our message.
+    """
+    match = re.search(r'ImageReadError: (.*)\s*$', str(err))
+    return match.group(1) if match else str(err)
 
 
 def _same_identity_indices(dataset, index):
@@ -54,7 +59,7 @@ def _same_identity_indices(dataset, index):
 
 def _read_training_image(dataset, index):
     """``(image, item index used, images replaced)`` for a training sample."""
-    if not (_SKIP_TRAINING[0] and dataset.mode == 'train'):
+    if not getattr(dataset, 'skip_bad_images', False):
         return read_image(dataset.data[index][0]), index, 0
     errors = []
     for candidate in _same_identity_indices(dataset, index):

@@ -10,10 +10,11 @@ import os.path as osp
 import torch
 from torchreid.reid import data as host_data
 from torchreid.reid import optim as host_optim
-from torchreid.reid.utils import compute_model_complexity, load_pretrained_weights
+from torchreid.reid.utils import (compute_model_complexity, load_pretrained_weights,
+                                  set_random_seed)
 
 from . import config as C
-from . import distributed, images, samplers
+from . import distributed, samplers
 from .checkpoint import load_weights_strict
 from .datasets import synthreid
 from .engine import build_engine
@@ -57,6 +58,12 @@ def setup_process(cfg):
     Returns True on the process that logs (rank 0, or the only one).
     """
     distributed.init_from_env(cfg.use_gpu)
+    if distributed.is_distributed():
+        if cfg.data.type == 'video':
+            raise ValueError('Video re-id keeps torchreid\'s own engines, which have no DDP: '
+                             'train it without torchrun')
+        # each rank its own augmentation and dropout draws (rank 0 draws as a single process)
+        set_random_seed(cfg.train.seed + distributed.get_rank())
     if cfg.train.deterministic:
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -72,13 +79,35 @@ def build_datamanager(cfg):
     for name, options in C.sampler_options(cfg).items():
         set_sampler_options(name, **options)
     samplers.set_shard_seed(cfg.train.seed)
-    images.skip_bad_training_images(cfg.data.skip_bad_images)
     synthreid.configure(**C.synthreid_spec(cfg))
     kwargs = C.imagedata_kwargs(cfg) if cfg.data.type == 'image' else C.videodata_kwargs(cfg)
     kwargs['batch_size_train'] = distributed.per_rank_batch(cfg.train.batch_size)
     if cfg.data.type == 'image':
-        return host_data.ImageDataManager(**kwargs)
-    return host_data.VideoDataManager(**kwargs)
+        datamanager = host_data.ImageDataManager(**kwargs)
+        datamanager.train_loader.dataset.skip_bad_images = cfg.data.skip_bad_images
+    else:
+        datamanager = host_data.VideoDataManager(**kwargs)
+    loaders = [datamanager.train_loader] + [loader for splits in datamanager.test_loader.values()
+                                            for loader in splits.values()]
+    for loader in loaders:
+        loader.worker_init_fn = loader_worker_init
+    return datamanager
+
+
+def loader_worker_init(worker_id):
+    """Loader workers leave SIGINT/SIGTERM to the trainer, which stops them after saving.
+
+    torch's own worker SIGTERM handler kills a worker that is signalled along with
+    its process group (torchrun, SLURM, ``kill -- -PGID``), and the trainer then
+    dies of "DataLoader worker killed" before it can save. Importing ``plugins``
+    also applies the host fixes in workers started with spawn or forkserver.
+    """
+    import signal
+
+    import plugins  # noqa: F401  (host fixes: image reading)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def build_model_from_config(cfg, num_classes):

@@ -54,13 +54,13 @@ class StopOnSignal:
         self._previous = {}
 
     def _handle(self, signum, frame):
+        # no printing here: the signal may interrupt a write to the same stream
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
         self.signum = signum
-        print('\nReceived {}: finishing this step, then saving a checkpoint'.format(
-            signal.Signals(signum).name), flush=True)
 
     def __enter__(self):
+        self.signum = None
         try:
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)

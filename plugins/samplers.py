@@ -190,11 +190,22 @@ def build_train_sampler(
     else:
         raise _unknown_sampler(train_sampler)
     if world > 1:
+        _check_shardable(sampler, world)
         sampler = distributed.BatchShard(sampler, batch_size * world, seed=_SHARD_SEED[0])
     return sampler
 
 
 build_train_sampler.host_build_train_sampler = _HOST_BUILD
+
+
+def _check_shardable(sampler, world):
+    """Each rank must get whole identities (PK) or whole pairs (pairwise)."""
+    for attr, unit in (('num_pids_per_batch', 'identities'), ('pairs_per_batch', 'pairs')):
+        count = getattr(sampler, attr, None)
+        if count is not None and count % world:
+            raise ValueError('{}: a global batch of {} {} cannot be split evenly over {} '
+                             'processes; change train.batch_size'.format(
+                                 type(sampler).__name__, count, unit, world))
 
 
 def install():

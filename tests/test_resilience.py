@@ -18,7 +18,7 @@ from plugins.resilience import NonFiniteLossError, latest_checkpoint
 from tests.conftest import REPO, TINY_SYNTHREID, FakeDataManager, TinyReIDNet, run_tool
 
 CONFIG = os.path.join(REPO, 'configs', 'baselines', 'resnet50_synthreid.yaml')
-RUN = ['model.name', 'resnet18', 'train.max_epoch', '2', 'train.batch_size', '8',
+RUN = ['model.name', 'resnet18', 'train.max_epoch', '2', 'train.batch_size', '4', 'use_gpu', 'False',
        'data.height', '32', 'data.width', '16', 'data.workers', '2', 'train.print_freq', '1',
        'train.deterministic', 'True', 'test.batch_size', '16', *TINY_SYNTHREID]
 
@@ -41,12 +41,13 @@ def test_sigterm_mid_epoch_then_resume_auto_matches_an_uninterrupted_run(tmp_pat
     log = open(tmp_path / 'cut.txt', 'w+')
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'tools', 'train.py'),
                              '--config-file', CONFIG, '--root', root, *RUN, 'data.save_dir', save],
-                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, text=True)
+                            cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     deadline = time.time() + 300
     while 'epoch: [2/2][2/' not in open(tmp_path / 'cut.txt').read():  # mid second epoch
         assert proc.poll() is None and time.time() < deadline, open(tmp_path / 'cut.txt').read()
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)  # the whole group, loader workers included, as torchrun does
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     first = open(tmp_path / 'cut.txt').read()
     saved = re.findall(r'Checkpoint saved to "(.*?)"', first)
@@ -63,6 +64,21 @@ def test_sigterm_mid_epoch_then_resume_auto_matches_an_uninterrupted_run(tmp_pat
     for key, loss in {**step_losses(first), **resumed}.items():
         assert loss == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
     assert re.findall(r'Rank-1\s*:\s*([\d.]+)%', second) == re.findall(r'Rank-1\s*:\s*([\d.]+)%', full)
+
+
+def test_resume_from_an_end_of_epoch_checkpoint_repeats_the_next_epoch(tmp_path):
+    root, full_dir = str(tmp_path / 'data'), tmp_path / 'full'
+    code, full = run_tool('train', '--config-file', CONFIG, '--root', root, *RUN, 'test.eval_freq',
+                          '1', 'data.save_dir', str(full_dir), cwd=tmp_path)
+    assert code == 0, full
+    code, out = run_tool('train', '--config-file', CONFIG, '--root', root, *RUN, 'test.eval_freq',
+                         '1', 'data.save_dir', str(tmp_path / 'again'), '--resume',
+                         str(full_dir / 'model' / 'model.pth.tar-1'), cwd=tmp_path)
+    assert code == 0, out
+    expected, resumed = step_losses(full), step_losses(out)
+    assert resumed and min(resumed)[0] == 2
+    for key, loss in resumed.items():  # epoch 2: same order, same augmentation, same losses
+        assert loss == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
 
 
 def _fake_engine(tmp_path, patience):

@@ -23,7 +23,7 @@ from torchreid.reid.utils import Logger, collect_env_info, set_random_seed
 import plugins
 from plugins import distributed
 from plugins.config import engine_run_kwargs
-from plugins.images import ImageReadError
+from plugins.images import ImageReadError, original_message
 from plugins.launch import build_run, setup_config, setup_process
 from plugins.resilience import NonFiniteLossError, TrainingInterrupted
 
@@ -62,7 +62,11 @@ def main(argv=None):
         sys.exit('Config error: {}'.format(err.args[0] if err.args else err))
     set_random_seed(cfg.train.seed)
 
-    if setup_process(cfg):
+    try:
+        is_main = setup_process(cfg)
+    except ValueError as err:
+        sys.exit('Config error: {}'.format(err))
+    if is_main:
         log_name = 'test.log' if cfg.test.evaluate else 'train.log'
         log_name += time.strftime('-%Y-%m-%d-%H-%M-%S')
         sys.stdout = Logger(osp.join(cfg.data.save_dir, log_name))
@@ -87,7 +91,9 @@ def main(argv=None):
     except TrainingInterrupted as stop:
         print(stop, flush=True)
         sys.exit(128 + stop.signum)
-    except (ImageReadError, NonFiniteLossError) as err:  # a bad image; a diverged loss
+    except ImageReadError as err:
+        sys.exit('Error: {}'.format(original_message(err)))
+    except NonFiniteLossError as err:
         sys.exit('Error: {}'.format(err))
     finally:
         distributed.shutdown()

@@ -67,6 +67,9 @@ def extract_market_subset(tarball, root, num_train_ids=40, num_test_ids=40, num_
         with open(record) as f:
             if json.load(f) == spec:
                 return root
+    elif osp.exists(osp.join(root, 'market1501')):
+        raise ValueError('"{}" already holds a market1501 folder that is not a subset written '
+                         'by this tool; choose another --root'.format(root))
     if not osp.isfile(tarball):
         raise FileNotFoundError('Market-1501 tarball not found: "{}" (set {} or pass the path of '
                                 'market1501.tar.gz)'.format(tarball, ENV_VAR))
@@ -83,7 +86,7 @@ def extract_market_subset(tarball, root, num_train_ids=40, num_test_ids=40, num_
         with open(osp.join(tmp, RELEASE, 'subset.json'), 'w') as f:
             json.dump(spec, f)
         if osp.exists(osp.join(root, 'market1501')):
-            shutil.rmtree(osp.join(root, 'market1501'))
+            shutil.rmtree(osp.join(root, 'market1501'))  # an older subset (checked above)
         os.rename(osp.join(tmp, 'market1501'), osp.join(root, 'market1501'))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -77,7 +77,7 @@ def _train(tmp_path, name, launcher, extra=()):
             'sampler.num_instances', '2', 'train.batch_size', '8', 'train.optim', 'sgd',
             'train.lr', '0.05', 'train.max_epoch', '2', 'data.transforms', '[]',
             'data.workers', '0', 'data.height', '32', 'data.width', '16',
-            'train.print_freq', '1', 'data.save_dir', str(save), *extra]
+            'train.print_freq', '1', 'use_gpu', 'False', 'data.save_dir', str(save), *extra]
     proc = subprocess.run([*launcher, PROBE, '--config-file', CONFIG, *opts], cwd=tmp_path,
                           capture_output=True, text=True, timeout=600,
                           env={**os.environ, 'OMP_NUM_THREADS': '1'})
@@ -87,8 +87,7 @@ def _train(tmp_path, name, launcher, extra=()):
 
 def test_two_gloo_processes_train_like_one_process_on_the_global_batch(tmp_path):
     single, _ = _train(tmp_path, 'single', [sys.executable])
-    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
-                '--master_port', '29517']
+    torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
     ddp, out = _train(tmp_path, 'ddp', torchrun)
     assert len(re.findall(r'Rank-1\s*:', out)) == 1  # rank 0 alone evaluates
     assert 'Distributed: 2 processes, global batch 8' in out
