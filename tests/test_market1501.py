@@ -46,6 +46,7 @@ def test_subset_is_read_by_torchreids_own_loader(market_subset):
     query_pids = {pid for _, pid, _, _ in dataset.query}
     gallery_pids = {pid for _, pid, _, _ in dataset.gallery}
     assert len(query_pids) == MARKET_SUBSET_IDS and query_pids <= gallery_pids
+    assert not train_pids & query_pids  # disjoint train and test identities
     assert 0 in gallery_pids  # distractors
     assert len({cam for _, _, cam, _ in dataset.train}) == 6
     assert 0.01 < chance_rank1(dataset) < 0.05
