@@ -42,7 +42,7 @@ def test_subset_is_read_by_torchreids_own_loader(market_subset):
     datamanager = build_datamanager(cfg)
     assert datamanager.num_train_pids == MARKET_SUBSET_IDS
     dataset = Market1501(root=market_subset)
-    train_pids = {pid for _, pid, _, _ in dataset.train}
+    train_pids = {int(os.path.basename(path).split('_')[0]) for path, _, _, _ in dataset.train}
     query_pids = {pid for _, pid, _, _ in dataset.query}
     gallery_pids = {pid for _, pid, _, _ in dataset.gallery}
     assert len(query_pids) == MARKET_SUBSET_IDS and query_pids <= gallery_pids
