@@ -545,6 +545,7 @@ def bench_engine(args, previous, save):
         engine.train_loader = _Capped(datamanager.train_loader, 2)
         engine.train(print_freq=20)  # warm-up: loader workers, cudnn autotuning
         engine.train_loader = _Capped(datamanager.train_loader, iters)
+        result['iterations'] = len(engine.train_loader)  # fewer when an epoch is shorter
         sync()
         start = time.perf_counter()
         engine.train(print_freq=20)
