@@ -25,6 +25,7 @@ from torchreid.reid.engine import Engine
 
 from . import distributed
 from .checkpoint import load_checkpoint, plain, save_checkpoint
+from .evaluation import set_distance_device
 from .hooks import TeacherDistillationHook
 from .losses import BatchHardTriplet, CrossEntropyLabelSmooth
 from .precision import Precision
@@ -88,6 +89,7 @@ class PluginEngine(Engine):
         else:
             self.device = torch.device('cpu')
         self.precision = Precision(amp, self.device)
+        set_distance_device(self.device)
         self.nonfinite_patience = nonfinite_patience
         self.find_unused_parameters = find_unused_parameters
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

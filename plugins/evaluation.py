@@ -18,17 +18,30 @@ _CUHK03_REPEATS = 10
 
 _HOST_DISTANCE = getattr(host_distance.compute_distance_matrix, 'host_function',
                          host_distance.compute_distance_matrix)
+_DISTANCE_DEVICE = [None]
+
+
+def set_distance_device(device):
+    """Where the engine's evaluation computes distances ('cpu', 'cuda'; None: the GPU if present).
+
+    Set by :class:`plugins.PluginEngine` from ``use_gpu``, so a CPU run never touches a GPU.
+    """
+    _DISTANCE_DEVICE[0] = None if device is None else torch.device(device).type
+
+
 def compute_distance_matrix(input1, input2, metric='euclidean', device=None, chunk_rows=4096):
-    """The host's ``compute_distance_matrix``, run on ``device`` (default: the GPU if present).
+    """The host's ``compute_distance_matrix``, run on ``device`` (default: the engine's choice,
+    see :func:`set_distance_device`, else the GPU if present).
 
     Query rows go in chunks of ``chunk_rows`` against the whole gallery (MSMT17's
     11,659 x 82,161 matrix never sits on the GPU at once) and come back as the CPU
     tensor the host's evaluation expects. Ranking stays in numpy
     (:func:`evaluate_rank`), whose argsort orders ties as the host's does.
     """
-    device = device or ('cuda' if torch.cuda.is_available() else None)
     if device is None:
-        return _HOST_DISTANCE(input1, input2, metric)
+        device = _DISTANCE_DEVICE[0] or ('cuda' if torch.cuda.is_available() else 'cpu')
+        if device == 'cpu':
+            return _HOST_DISTANCE(input1, input2, metric)
     gallery = input2.to(device, non_blocking=True)
     return torch.cat([_HOST_DISTANCE(rows.to(device, non_blocking=True), gallery, metric).cpu()
                       for rows in input1.split(chunk_rows)])

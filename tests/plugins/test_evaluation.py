@@ -240,3 +240,8 @@ def test_chunked_distance_matrix_equals_the_host(metric):
     ours = compute_distance_matrix(qf, gf, metric, device='cpu', chunk_rows=5)
     torch.testing.assert_close(ours, host(qf, gf, metric), rtol=1e-5, atol=1e-5)
     assert ours.device.type == 'cpu' and ours.shape == (37, 101)
+    evaluation.set_distance_device('cpu')  # an engine with use_gpu False: the host's own path
+    try:
+        assert torch.equal(compute_distance_matrix(qf, gf, metric), host(qf, gf, metric))
+    finally:
+        evaluation.set_distance_device(None)
