@@ -75,14 +75,16 @@ def test_engine_needs_the_triplet_output_and_an_apinet_model(run):
 
 def test_configs_load_with_their_bases():
     files = sorted(glob.glob(os.path.join(CONFIG_DIR, 'apinet_*.yaml')))
-    assert len(files) == 4
+    assert len(files) == 5
     for path in files:
         cfg = setup_config(path)
         assert cfg.model.name == 'apinet_resnet50' and cfg.engine.name == 'apinet'
         assert cfg.loss.name == 'triplet' and cfg.sampler.train_sampler == 'PKSampler'
         assert cfg.train.batch_size % cfg.sampler.num_instances == 0
         assert cfg.apinet.rank_margin == 0.05 and cfg.train.lr_scheduler == 'cosine'
-        if 'synthreid' not in path:
+        if 'scratch' in path:  # the shared from-scratch recipe (configs/baselines)
+            assert (cfg.model.pretrained, cfg.train.optim, cfg.train.warmup_epochs) == (False, 'adam', 5)
+        elif 'synthreid' not in path:
             assert (cfg.data.height, cfg.data.width, cfg.train.optim) == (256, 128, 'sgd')
             assert cfg.data.sources[0] in os.path.basename(path)
 
