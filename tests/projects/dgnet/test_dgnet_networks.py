@@ -225,12 +225,16 @@ def zero_discriminator():
     return discriminator
 
 
-def test_lsgan_losses_of_a_zero_discriminator():
+def real_and_outputs(discriminator):
+    """A real batch (requiring gradients, for R1) and D's outputs on it and on a fake batch."""
     torch.manual_seed(0)
-    discriminator = zero_discriminator()
     real = torch.randn(2, 3, 48, 24, requires_grad=True)
     fake = torch.randn(2, 3, 48, 24)
-    real_outputs, fake_outputs = discriminator(real), discriminator(fake)
+    return real, discriminator(real), discriminator(fake)
+
+
+def test_lsgan_losses_of_a_zero_discriminator():
+    real, real_outputs, fake_outputs = real_and_outputs(zero_discriminator())
     # D outputs 0 everywhere: fake terms 0, real terms (0 - 1)^2 = 1 per scale.
     assert discriminator_loss(fake_outputs, real_outputs).item() == pytest.approx(3.0)
     assert generator_adversarial_loss(fake_outputs).item() == pytest.approx(6.0)
@@ -240,15 +244,14 @@ def test_lsgan_losses_of_a_zero_discriminator():
 def test_losses_are_non_negative_and_r1_trains_the_discriminator():
     torch.manual_seed(0)
     discriminator = MultiScaleDiscriminator()
-    real = torch.randn(2, 3, 48, 24, requires_grad=True)
-    fake = torch.randn(2, 3, 48, 24)
-    real_outputs, fake_outputs = discriminator(real), discriminator(fake)
+    real, real_outputs, fake_outputs = real_and_outputs(discriminator)
     assert discriminator_loss(fake_outputs, real_outputs).item() > 0
     assert generator_adversarial_loss(fake_outputs).item() > 0
     penalty = r1_penalty(real_outputs, real)
     assert penalty.item() > 0
     penalty.backward()
     assert discriminator.scales[2][0].weight.grad.abs().sum() > 0
+    fake = real.detach()  # images without gradients cannot give R1
     with pytest.raises(ValueError, match='requires_grad_'):
         r1_penalty(discriminator(fake), fake)
 
