@@ -17,6 +17,7 @@ from projects.casn.benchmark import pair_batch
 from projects.casn.engine import build_casn_engine
 from projects.casn.model import CASNNet
 from tests.conftest import (REPO, TINY_SYNTHREID, FakeDataManager, amp_step, changed,
+                            ddp_rank_checksums,
                             run_benchmark_section, snapshot)
 
 CONFIG_DIR = os.path.join(REPO, 'configs', 'casn')
@@ -220,3 +221,13 @@ def test_all_four_terms_train_under_bf16_autocast():
     engine = make_engine(amp='bf16')
     log = amp_step(engine, pair_batch(4, 64, 32, 4))
     assert {'loss_id', 'loss_ia', 'loss_ver', 'loss_sa'} <= set(log)
+
+
+def test_ranks_stay_identical_under_torchrun(tmp_path):
+    """The verifier and Grad-CAM passes run outside DDP's forward; their gradients must
+    still be averaged, or the two ranks' weights drift apart on their different shards."""
+    sums = ddp_rank_checksums(os.path.join(CONFIG_DIR, 'casn_ide_resnet50_synthreid.yaml'), tmp_path,
+                              *TINY_SYNTHREID, 'train.batch_size', '8', 'data.height', '64',
+                              'data.width', '32')
+    assert list(sums) == ['model']
+    assert sums['model'][0] == pytest.approx(sums['model'][1], rel=1e-9)
