@@ -261,3 +261,14 @@ def test_r1_penalty_against_a_hand_computation():
     # d(2x).sum()/dx = 2 and d(3 x.sum())/dx = 3 everywhere: per sample 2*4*5 = 40 entries.
     outputs = [2 * images, 3 * images.sum(dim=(1, 2, 3))]
     assert r1_penalty(outputs, images).item() == pytest.approx(40 * (4 + 9))
+
+
+def test_appearance_encoder_alone_exports_to_onnx_with_parity(tmp_path):
+    """E_a is the ReID model at test time: its retrieval feature exports without the classifiers."""
+    from plugins.export import check_parity, export_onnx
+    torch.manual_seed(0)
+    encoder = AppearanceEncoder(7).eval()
+    path = export_onnx(encoder, str(tmp_path / 'dgnet_ea.onnx'), 64, 32, [0.485, 0.456, 0.406],
+                       [0.229, 0.224, 0.225], model_name='dgnet_ea')
+    report = check_parity(encoder, path, torch.randn(3, 3, 64, 32))
+    assert report['feature_dim'] == 1024 and report['num_images'] == 3
