@@ -5,7 +5,8 @@ registers the embedded ``synthreid`` dataset, and loads every installed
 project (:func:`load_projects`). Extension points, each a
 :class:`~plugins.registry.Registry`:
 
-* models: :func:`register_model` (visible to ``torchreid.models.build_model``)
+* models: :func:`register_model` / :func:`register_models` (visible to
+  ``torchreid.models.build_model``)
 * samplers: :func:`register_sampler` (visible to ``ImageDataManager(train_sampler=...)``)
 * engines: :func:`register_engine`; hooks: :func:`register_hook`
 * config nodes: :func:`register_config`
@@ -17,7 +18,7 @@ from .evaluation import evaluate_rank
 from .hooks import (HOOKS, AdversarialStepHook, CriticUpdateHook, Hook,
                     TeacherDistillationHook, register_hook)
 from .host_fixes import install_host_fixes
-from .models import MODELS, available_models, build_model, register_model
+from .models import MODELS, available_models, build_model, register_model, register_models
 from .registry import Registry
 from .samplers import SAMPLERS, register_sampler, set_sampler_options
 from .schedulers import build_lr_scheduler
@@ -27,7 +28,7 @@ __all__ = [
     'MODELS', 'PluginEngine', 'Registry', 'SAMPLERS', 'TeacherDistillationHook', 'available_models',
     'build_engine', 'build_lr_scheduler', 'build_model', 'evaluate_rank', 'get_default_config', 'install_host_fixes',
     'load_projects', 'merge_from_file', 'register_config', 'register_engine', 'register_hook',
-    'register_model', 'register_sampler', 'set_sampler_options',
+    'register_model', 'register_models', 'register_sampler', 'set_sampler_options',
 ]
 
 install_host_fixes()

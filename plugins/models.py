@@ -41,6 +41,17 @@ def register_model(name, builder=None):
     return builder
 
 
+def register_models(builders, attention_maps=None):
+    """Register every ``name: builder`` of ``builders``; with ``attention_maps`` (see
+    :func:`plugins.visualization.register_attention_maps`), expose it for each of them."""
+    from .visualization import register_attention_maps
+
+    for name, builder in builders.items():
+        register_model(name, builder)
+        if attention_maps is not None:
+            register_attention_maps(name, attention_maps)
+
+
 def unregister_model(name):
     MODELS.unregister(name)
     del _HOST_FACTORY[name]

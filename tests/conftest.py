@@ -11,12 +11,15 @@ import torch.nn as nn
 
 
 class TinyReIDNet(nn.Module):
-    """Follows torchreid's model contract: eval -> features; train -> logits or (logits, features)."""
+    """Follows torchreid's model contract: eval -> features; train -> logits or (logits, features).
 
-    def __init__(self, num_classes=4, loss='softmax', feat_dim=8, **kwargs):
+    ``norm(channels)`` builds the normalisation layer (BatchNorm by default).
+    """
+
+    def __init__(self, num_classes=4, loss='softmax', feat_dim=8, norm=nn.BatchNorm2d, **kwargs):
         super().__init__()
         self.loss = loss
-        self.backbone = nn.Sequential(nn.Conv2d(3, feat_dim, 3, padding=1), nn.BatchNorm2d(feat_dim),
+        self.backbone = nn.Sequential(nn.Conv2d(3, feat_dim, 3, padding=1), norm(feat_dim),
                                       nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.classifier = nn.Linear(feat_dim, num_classes)
 
@@ -62,6 +65,17 @@ TINY_SYNTHREID = ['synthreid.num_train_ids', '6', 'synthreid.num_test_ids', '5',
                   'synthreid.num_cams', '3', 'synthreid.cams_per_id', '[2, 3]',
                   'synthreid.images_per_id_per_cam', '[2, 3]', 'synthreid.num_distractors', '6',
                   'synthreid.num_junk', '3', 'synthreid.height', '32', 'synthreid.width', '16']
+
+
+def tiny_synthreid_run(config, tmp_path, *opts):
+    """The engine of ``config`` on a tiny generated synthreid at 32x16, batch 8, seeded."""
+    from plugins.launch import build_run, setup_config
+    cfg = setup_config(config, [*TINY_SYNTHREID, 'data.height', '32', 'data.width', '16',
+                                'data.workers', '0', 'train.batch_size', '8',
+                                'data.save_dir', str(tmp_path / 'log'), *opts],
+                       root=str(tmp_path / 'data'))
+    torch.manual_seed(0)
+    return build_run(cfg, verbose=False)
 
 
 def run_tool(name, *args, cwd, timeout=600):

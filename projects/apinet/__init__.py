@@ -18,8 +18,7 @@ from .config import add_apinet_config
 from .engine import build_apinet_engine
 from .model import apinet_resnet50, apinet_resnet101
 
-plugins.register_model('apinet_resnet50', apinet_resnet50)
-plugins.register_model('apinet_resnet101', apinet_resnet101)
+plugins.register_models({'apinet_resnet50': apinet_resnet50, 'apinet_resnet101': apinet_resnet101})
 plugins.register_engine('apinet', build_apinet_engine)
 plugins.register_config('apinet', add_apinet_config)
 register_benchmark('apinet', benchmark.run, benchmark.markdown)

@@ -13,7 +13,6 @@ See ``projects/casn/README.md``.
 """
 import plugins
 from plugins.benchmarking import register_benchmark
-from plugins.visualization import register_attention_maps
 
 from . import benchmark
 from .attention import casn_attention_maps
@@ -21,10 +20,8 @@ from .config import add_casn_config
 from .engine import build_casn_engine
 from .model import casn_ide_resnet50, casn_pcb_resnet50
 
-for _name, _builder in (('casn_ide_resnet50', casn_ide_resnet50),
-                        ('casn_pcb_resnet50', casn_pcb_resnet50)):
-    plugins.register_model(_name, _builder)
-    register_attention_maps(_name, casn_attention_maps)
+plugins.register_models({'casn_ide_resnet50': casn_ide_resnet50,
+                         'casn_pcb_resnet50': casn_pcb_resnet50}, casn_attention_maps)
 plugins.register_engine('casn', build_casn_engine)
 plugins.register_config('casn', add_casn_config)
 register_benchmark('casn', benchmark.run, benchmark.markdown)

@@ -14,13 +14,10 @@ the official warm-up schedule is ``train.warmup_epochs``. See ``projects/rga/REA
 """
 import plugins
 from plugins.benchmarking import register_benchmark
-from plugins.visualization import register_attention_maps
 
 from . import benchmark
 from .model import rga_attention_maps, rga_c_resnet50, rga_s_resnet50, rga_sc_resnet50
 
-for _name, _builder in (('rga_s_resnet50', rga_s_resnet50), ('rga_c_resnet50', rga_c_resnet50),
-                        ('rga_sc_resnet50', rga_sc_resnet50)):
-    plugins.register_model(_name, _builder)
-    register_attention_maps(_name, rga_attention_maps)
+plugins.register_models({'rga_s_resnet50': rga_s_resnet50, 'rga_c_resnet50': rga_c_resnet50,
+                         'rga_sc_resnet50': rga_sc_resnet50}, rga_attention_maps)
 register_benchmark('rga', benchmark.run, benchmark.markdown)

@@ -12,17 +12,14 @@ See ``projects/scal/README.md``.
 """
 import plugins
 from plugins.benchmarking import register_benchmark
-from plugins.visualization import register_attention_maps
 
 from . import benchmark
 from .config import add_scal_config
 from .engine import build_scal_engine
 from .model import scal_attention_maps, scal_channel_resnet50, scal_spatial_resnet50
 
-for _name, _builder in (('scal_spatial_resnet50', scal_spatial_resnet50),
-                        ('scal_channel_resnet50', scal_channel_resnet50)):
-    plugins.register_model(_name, _builder)
-    register_attention_maps(_name, scal_attention_maps)
+plugins.register_models({'scal_spatial_resnet50': scal_spatial_resnet50,
+                         'scal_channel_resnet50': scal_channel_resnet50}, scal_attention_maps)
 plugins.register_engine('scal', build_scal_engine)
 plugins.register_config('scal', add_scal_config)
 register_benchmark('scal', benchmark.run, benchmark.markdown)

@@ -1,7 +1,7 @@
 """``tools/train.py`` with a BatchNorm-free probe model and a three-network engine.
 
 Run by ``test_distributed.py`` as one process and under ``torch.distributed.run``
-with two gloo processes. The probe has no BatchNorm (per-rank batch statistics
+with two gloo processes. The probe (the suite's tiny network with GroupNorm) has no BatchNorm (per-rank batch statistics
 would differ from the global batch's by design) and its engine trains three
 networks: the model (triplet on the global batch + CE), a critic
 (:class:`plugins.CriticUpdateHook`) and a discriminator
@@ -18,28 +18,12 @@ import plugins
 from plugins.engine import build_reid_engine
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from conftest import load_tool  # noqa: E402
-
-
-class ProbeNet(nn.Module):
-    def __init__(self, num_classes, loss='softmax', **kwargs):
-        super().__init__()
-        self.loss = loss
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.GroupNorm(2, 8),
-                                      nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1),
-                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.classifier = nn.Linear(16, num_classes)
-
-    def forward(self, x):
-        v = self.features(x)
-        if not self.training:
-            return v
-        y = self.classifier(v)
-        return y if self.loss == 'softmax' else (y, v)
+from conftest import TinyReIDNet, load_tool  # noqa: E402
 
 
 def build_probe(num_classes, loss='softmax', pretrained=False, use_gpu=False, **kwargs):
-    return ProbeNet(num_classes, loss)
+    """A tiny torchreid-contract network with GroupNorm instead of BatchNorm."""
+    return TinyReIDNet(num_classes, loss, feat_dim=16, norm=lambda channels: nn.GroupNorm(2, channels))
 
 
 def build_probe_engine(cfg, datamanager, model, optimizer, scheduler):

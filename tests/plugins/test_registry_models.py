@@ -98,3 +98,22 @@ def test_model_builder_exposes_the_class_options_and_fixes_the_variant():
         assert net.args == (4, 'triplet', 'b', 64, 32, False, '')
     finally:
         unregister_model('net_b_test')
+
+
+def test_register_models_registers_each_builder_and_its_attention_maps():
+    from plugins.models import register_models
+    from plugins.visualization import ATTENTION_MAPS
+
+    def maps(model, images):
+        return {}
+
+    names = ('maps_net_a_test', 'maps_net_b_test')
+    register_models({name: TinyReIDNet for name in names}, maps)
+    try:
+        for name in names:
+            assert isinstance(build_model(name, 3, pretrained=False), TinyReIDNet)
+            assert ATTENTION_MAPS.get(name) is maps
+    finally:
+        for name in names:
+            unregister_model(name)
+            ATTENTION_MAPS.unregister(name)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import plugins
 from plugins.export import check_parity, export_onnx, training_only_parameters
-from plugins.launch import build_run, setup_config
+from plugins.launch import setup_config
 from plugins.samplers import pair_labels
 from projects.casn.attention import (aligned_attention, differentiable_cam,
                                      identification_attention_loss, siamese_attention_loss,
@@ -17,8 +17,8 @@ from projects.casn.benchmark import pair_batch
 from projects.casn.engine import build_casn_engine
 from projects.casn.model import CASNNet
 from tests.conftest import (REPO, TINY_SYNTHREID, FakeDataManager, amp_step, changed,
-                            ddp_rank_checksums,
-                            run_benchmark_section, snapshot)
+                            ddp_rank_checksums, run_benchmark_section, snapshot,
+                            tiny_synthreid_run)
 
 CONFIG_DIR = os.path.join(REPO, 'configs', 'casn')
 
@@ -146,12 +146,7 @@ def test_engine_needs_pairs_and_a_casn_model():
 
 
 def test_a_short_run_on_generated_pairs_lowers_the_loss(tmp_path):
-    opts = TINY_SYNTHREID + ['data.height', '32', 'data.width', '16', 'data.workers', '0',
-                             'train.batch_size', '8', 'data.save_dir', str(tmp_path / 'log')]
-    cfg = setup_config(os.path.join(CONFIG_DIR, 'casn_ide_resnet50_synthreid.yaml'), opts,
-                       root=str(tmp_path / 'data'))
-    torch.manual_seed(0)
-    engine = build_run(cfg, verbose=False)
+    engine = tiny_synthreid_run(os.path.join(CONFIG_DIR, 'casn_ide_resnet50_synthreid.yaml'), tmp_path)
     batches = list(engine.train_loader)
     assert all(pair_labels(b['pid']).sum() == 2 for b in batches)  # pos_ratio 0.5 of 4 pairs
     engine.set_model_mode('train')

@@ -6,8 +6,8 @@ import torch
 
 import plugins
 from plugins.export import check_parity, export_onnx, read_metadata
-from plugins.launch import build_run, setup_config
-from tests.conftest import REPO, TINY_SYNTHREID, run_benchmark_section
+from plugins.launch import setup_config
+from tests.conftest import REPO, run_benchmark_section, tiny_synthreid_run
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 CONFIG_DIR = os.path.join(REPO, 'configs', 'rga')
@@ -40,12 +40,8 @@ def test_paper_configs_carry_the_official_recipe(name, dataset, labeled):
      {'loss_x', 'loss_t'}),  # the official loss
 ])
 def test_a_short_run_on_generated_data_lowers_the_loss(tmp_path, recipe, terms):
-    opts = TINY_SYNTHREID + ['data.height', '32', 'data.width', '16', 'data.workers', '0',
-                             'train.batch_size', '8', 'data.save_dir', str(tmp_path / 'log')] + recipe
-    cfg = setup_config(os.path.join(CONFIG_DIR, 'rga_sc_resnet50_synthreid.yaml'), opts,
-                       root=str(tmp_path / 'data'))
-    torch.manual_seed(0)
-    engine = build_run(cfg, verbose=False)
+    engine = tiny_synthreid_run(os.path.join(CONFIG_DIR, 'rga_sc_resnet50_synthreid.yaml'), tmp_path,
+                                *recipe)
     assert type(engine.model).__name__ == 'RGANet' and (engine.model.height, engine.model.width) == (32, 16)
     batch = next(iter(engine.train_loader))
     engine.set_model_mode('train')

@@ -8,11 +8,11 @@ import torch
 import plugins
 from plugins.export import check_parity, export_onnx, training_only_parameters
 from plugins.hooks import batchnorm_stats_frozen
-from plugins.launch import build_run, setup_config
+from plugins.launch import setup_config
 from projects.scal.engine import build_scal_engine, rewards
 from projects.scal.model import SCALNet, scal_attention_maps
-from tests.conftest import (REPO, TINY_SYNTHREID, FakeDataManager, amp_step, changed,
-                            run_benchmark_section, snapshot)
+from tests.conftest import (REPO, FakeDataManager, amp_step, changed, run_benchmark_section,
+                            snapshot, tiny_synthreid_run)
 
 CONFIG_DIR = os.path.join(REPO, 'configs', 'scal')
 KINDS = ['spatial', 'channel']
@@ -151,12 +151,7 @@ def test_a_step_logs_every_term_and_reward():
 
 
 def test_a_short_run_on_generated_data_lowers_the_reid_loss(tmp_path):
-    opts = TINY_SYNTHREID + ['data.height', '32', 'data.width', '16', 'data.workers', '0',
-                             'train.batch_size', '8', 'data.save_dir', str(tmp_path / 'log')]
-    cfg = setup_config(os.path.join(CONFIG_DIR, 'scal_channel_resnet50_synthreid.yaml'), opts,
-                       root=str(tmp_path / 'data'))
-    torch.manual_seed(0)
-    engine = build_run(cfg, verbose=False)
+    engine = tiny_synthreid_run(os.path.join(CONFIG_DIR, 'scal_channel_resnet50_synthreid.yaml'), tmp_path)
     assert type(engine).__name__ == 'SCALEngine' and engine.get_model_names() == ['model', 'critic']
     batch = next(iter(engine.train_loader))
     engine.set_model_mode('train')
