@@ -30,5 +30,6 @@ setup(
         'rga = projects.rga',
         'scal = projects.scal',
         'casn = projects.casn',
+        'dgnet = projects.dgnet',
     ]},
 )

@@ -95,6 +95,27 @@ def wrap(module, device, find_unused_parameters=False):
         module, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
 
 
+def average_gradients(parameters):
+    """Average the gradients of ``parameters`` over the ranks, in one all-reduce.
+
+    For engines that run a network several times (or through methods other than
+    ``forward``) before one backward, which DDP's wrapper does not follow. A
+    gradient missing on some ranks counts as zero there; one missing on every rank
+    stays missing, so optimisers skip that parameter as in a single process.
+    """
+    params = [p for p in parameters if p.requires_grad]
+    if not is_distributed() or not params:
+        return
+    present = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                      for p in params] + [present])
+    dist.all_reduce(flat)
+    flat /= get_world_size()
+    grads = flat[:-len(params)].split([p.numel() for p in params])
+    for p, grad, seen in zip(params, grads, flat[-len(params):].tolist()):
+        p.grad = grad.view_as(p).clone() if seen else None
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """All-gather along dim 0 (equal sizes on every rank) whose backward returns this rank's
     slice of the gradient summed over ranks."""

@@ -36,7 +36,10 @@ from .resilience import (NonFiniteLossError, StopOnSignal, TrainingInterrupted, 
 ENGINES = Registry('engine')
 
 LossTerm = namedtuple('LossTerm', ['name', 'weight', 'fn'])
-LossTerm.__doc__ = """A weighted term of the main loss; ``fn(engine, batch, outputs) -> tensor``."""
+LossTerm.__doc__ = """A weighted term of the main loss; ``fn(engine, batch, outputs) -> tensor``.
+
+``weight`` is a number or a function ``engine -> number`` (a schedule such as a
+warm-up); a term whose weight is zero at a step is not computed at that step."""
 
 
 def register_engine(name, builder=None):
@@ -69,6 +72,8 @@ class PluginEngine(Engine):
     Args:
         datamanager, model, optimizer, scheduler, use_gpu: as torchreid's engines.
         loss_terms (list[LossTerm]): terms of the main loss; a zero weight skips a term.
+            The main loss steps ``main_optimizers`` (the model's optimiser; engines that
+            train several networks jointly append theirs).
         hooks (list[Hook]): see :class:`plugins.hooks.Hook` for the stage order.
         metric_fns (dict): ``name -> fn(engine, batch, outputs)`` logged each step, not trained.
         amp (str): '' (fp32), 'bf16' or 'fp16'.
@@ -76,14 +81,19 @@ class PluginEngine(Engine):
             the check (and its one flag read per step).
         find_unused_parameters (bool): passed to DDP (needed with ``fixbase_epoch``).
         channels_last (bool): NHWC memory format for every registered network and the batches.
+        ddp (bool): under torchrun, wrap every registered network in DDP (True), or keep
+            them bare and average each step's gradients over the ranks (False: for
+            engines that call a network several times, or through methods other than
+            ``forward``, before one backward).
     """
 
     STOP_CHECK_STEPS = 10
 
     def __init__(self, datamanager, model, optimizer, scheduler=None, use_gpu=True,
                  loss_terms=(), hooks=(), metric_fns=None, amp='', nonfinite_patience=10,
-                 find_unused_parameters=False, channels_last=False):
+                 find_unused_parameters=False, channels_last=False, ddp=True):
         super().__init__(datamanager, use_gpu)
+        self.ddp = ddp
         if self.use_gpu:
             self.device = torch.device('cuda', torch.cuda.current_device())
         else:
@@ -96,6 +106,7 @@ class PluginEngine(Engine):
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.model = self.register_model('model', model, optimizer, scheduler)
+        self.main_optimizers = [optimizer]
         self.loss_terms = list(loss_terms)
         self.metric_fns = dict(metric_fns or {})
         self.hooks = []
@@ -118,7 +129,8 @@ class PluginEngine(Engine):
         torchrun); frozen side passes should call the unwrapped module.
         """
         model = model.to(self.device, memory_format=self.memory_format)
-        model = distributed.wrap(model, self.device, self.find_unused_parameters)
+        if self.ddp:
+            model = distributed.wrap(model, self.device, self.find_unused_parameters)
         super().register_model(name, model, optim, sched)
         return model
 
@@ -157,11 +169,14 @@ class PluginEngine(Engine):
             outputs = self.model_outputs(batch)
             for hook in self.hooks:
                 log.update(hook.after_forward(self, batch, outputs) or {})
-            terms = {t.name: t.weight * t.fn(self, batch, outputs)
-                     for t in self.loss_terms if t.weight}
+            terms = {}
+            for term in self.loss_terms:
+                weight = term.weight(self) if callable(term.weight) else term.weight
+                if weight:
+                    terms[term.name] = weight * term.fn(self, batch, outputs)
             for hook in self.hooks:
                 terms.update(hook.loss_terms(self, batch, outputs))
-        self.optimizer_step(self.optimizer, terms)
+        self.optimizer_step(self.main_optimizers, terms)
         with self.precision.autocast():
             for hook in self.hooks:
                 log.update(hook.after_step(self, batch, outputs) or {})
@@ -172,34 +187,45 @@ class PluginEngine(Engine):
         self._count_nonfinite()
         return summary
 
-    def optimizer_step(self, optimizer, terms):
-        """Backward of ``sum(terms.values())`` and a step of ``optimizer``, unless a term is
-        non-finite on any rank: then the gradients are dropped and the step skipped.
+    def optimizer_step(self, optimizers, terms):
+        """Backward of ``sum(terms.values())`` and a step of ``optimizers`` (one optimiser or
+        a list stepped together), unless a term is non-finite on any rank: then the
+        gradients are dropped and the step skipped.
 
         Every network's update goes through here (hooks included), so mixed
-        precision, DDP-consistent skipping and counting apply to all of them.
+        precision, DDP-consistent skipping and counting apply to all of them. A joint
+        step uses the gradient scaler of the first optimiser's network.
         Returns the names of the non-finite terms (empty when the step was taken).
         """
+        optimizers = list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
         names = list(terms)
         loss = sum(terms.values())
         read_flags = None
         if self.nonfinite_patience:
             flags = torch.stack([~torch.isfinite(terms[n].detach()).all() for n in names])
             read_flags = _read_later(distributed.all_reduce_max(flags.to(torch.uint8)))
-        scaler = self.precision.scaler(self._network_of(optimizer))
-        optimizer.zero_grad(set_to_none=True)
+        scaler = self.precision.scaler(self._network_of(optimizers[0]))
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         with self.precision.full_precision():
             (scaler.scale(loss) if scaler is not None else loss).backward()
+            if not self.ddp:
+                distributed.average_gradients(p for optimizer in optimizers
+                                              for group in optimizer.param_groups
+                                              for p in group['params'])
             bad = [n for n, flag in zip(names, read_flags()) if flag] if read_flags else []
             if bad:
-                optimizer.zero_grad(set_to_none=True)
+                for optimizer in optimizers:
+                    optimizer.zero_grad(set_to_none=True)
                 self._bad_terms.extend(bad)
                 return bad
+            for optimizer in optimizers:
+                if scaler is not None:
+                    scaler.step(optimizer)
+                else:
+                    optimizer.step()
             if scaler is not None:
-                scaler.step(optimizer)
                 scaler.update()
-            else:
-                optimizer.step()
         return bad
 
     def _network_of(self, optimizer):
@@ -552,12 +578,13 @@ def _build_video_engine(cfg, datamanager, model, optimizer, scheduler):
 
 
 def build_engine(cfg, datamanager, model, optimizer, scheduler):
-    """The engine named by the config, plus the config-driven teacher hook."""
+    """The engine named by the config, plus the config-driven teacher hook (unless the
+    engine already built its own from the ``teacher`` keys)."""
     if cfg.data.type == 'video':
         return _build_video_engine(cfg, datamanager, model, optimizer, scheduler)
     engine = ENGINES.get(cfg.engine.name or cfg.loss.name)(cfg, datamanager, model, optimizer,
                                                            scheduler)
-    if cfg.teacher.weights:
+    if cfg.teacher.weights and not any(isinstance(h, TeacherDistillationHook) for h in engine.hooks):
         engine.add_hook(TeacherDistillationHook.from_checkpoint(
             cfg.teacher.model, cfg.teacher.weights, datamanager.num_train_pids,
             weight=cfg.teacher.weight, temperature=cfg.teacher.temperature,

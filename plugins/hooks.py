@@ -212,34 +212,51 @@ def _logits_and_features(outputs):
 class TeacherDistillationHook(Hook):
     """Distil a frozen teacher into the main model (Hinton et al. 2015 KL, or feature MSE).
 
-    The teacher runs in training mode so that it returns logits, but with every
-    BatchNorm and Dropout in eval mode: its outputs are deterministic and its
-    running statistics never move. It is not registered with the engine, so it
-    is never saved with the student.
+    The teacher runs in training mode so that it returns logits, with every Dropout
+    in eval mode and its BatchNorm layers either in eval mode (running estimates,
+    the default) or normalising with the batch's statistics (``batch_statistics``,
+    DG-Net's ``train_bn``); either way its parameters and running estimates never
+    change. It is not registered with the engine, so it is never saved with the
+    student.
 
     Args:
         teacher (nn.Module): built with ``loss='triplet'`` so it returns (logits, features).
-        weight (float): weight of the term.
+        weight (float or callable): weight of the term, or ``engine -> weight`` (a warm-up);
+            at weight 0 neither the teacher nor the term is computed.
         temperature (float): KL temperature T; the term is scaled by T^2.
         mode (str): 'kl' (logits) or 'feature' (MSE between retrieval features).
         inputs_fn: ``(engine, batch, outputs) -> images`` the teacher sees (default: the batch).
         student_fn: ``(engine, batch, outputs) -> (logits, features)`` of the student
             (default: split the main model's training output).
+        flip_average (bool): 'kl' only: the target is the mean of the teacher's
+            probabilities on the images and on their mirror images (DG-Net's smooth
+            dynamic label, ``teacher_style 0``).
+        batch_statistics (bool): BatchNorm uses the batch's statistics (running
+            estimates untouched).
+        chunk_size (int): the teacher sees the images in chunks of this many (so batch
+            statistics are those of the batches the recipe used); 0: all at once.
     """
 
     MODES = ('kl', 'feature')
 
     def __init__(self, teacher, weight=1.0, temperature=1.0, mode='kl', inputs_fn=None,
-                 student_fn=None, name='teacher'):
+                 student_fn=None, flip_average=False, batch_statistics=False, chunk_size=0,
+                 name='teacher'):
         if mode not in self.MODES:
             raise ValueError('Unknown distillation mode {!r}; expected one of {}'.format(
                 mode, self.MODES))
+        if flip_average and mode != 'kl':
+            raise ValueError("flip_average averages the teacher's probabilities: it needs "
+                             "mode 'kl', got {!r}".format(mode))
         self.teacher = teacher
         self.weight = weight
         self.temperature = temperature
         self.mode = mode
         self.inputs_fn = inputs_fn or (lambda engine, batch, outputs: batch['img'])
         self.student_fn = student_fn or (lambda engine, batch, outputs: _logits_and_features(outputs))
+        self.flip_average = flip_average
+        self.batch_statistics = batch_statistics
+        self.chunk_size = chunk_size
         self.name = name
 
     @classmethod
@@ -258,22 +275,45 @@ class TeacherDistillationHook(Hook):
     def attach(self, engine):
         self.teacher.to(engine.device).train()
         for module in self.teacher.modules():
-            if isinstance(module, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.Dropout)):
+            if isinstance(module, torch.nn.Dropout) or (
+                    isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+                    and not self.batch_statistics):
                 module.eval()
         self.teacher.requires_grad_(False)
 
+    def _teacher_outputs(self, images):
+        """(logits, features) of the teacher, chunk by chunk, without gradient."""
+        chunks = images.split(self.chunk_size) if self.chunk_size else (images,)
+        context = batchnorm_stats_frozen if self.batch_statistics else contextlib.nullcontext
+        with torch.no_grad(), context(self.teacher):
+            outputs = [_logits_and_features(self.teacher(chunk)) for chunk in chunks]
+        logits = torch.cat([o[0] for o in outputs])
+        features = torch.cat([o[1] for o in outputs]) if outputs[0][1] is not None else None
+        return logits, features
+
+    def target_probabilities(self, images):
+        """The teacher's soft labels at temperature T (flip-averaged with ``flip_average``)."""
+        probs = F.softmax(self._teacher_outputs(images)[0].float() / self.temperature, dim=1)
+        if self.flip_average:
+            mirrored = self._teacher_outputs(images.flip(-1))[0].float()
+            probs = (probs + F.softmax(mirrored / self.temperature, dim=1)) / 2
+        return probs
+
     def loss_terms(self, engine, batch, outputs):
-        with torch.no_grad():
-            t_logits, t_feats = _logits_and_features(self.teacher(self.inputs_fn(engine, batch, outputs)))
+        weight = self.weight(engine) if callable(self.weight) else self.weight
+        if not weight:
+            return {}
+        images = self.inputs_fn(engine, batch, outputs)
         s_logits, s_feats = self.student_fn(engine, batch, outputs)
         if self.mode == 'kl':
             T = self.temperature
-            term = F.kl_div(F.log_softmax(s_logits / T, dim=1), F.softmax(t_logits / T, dim=1),
+            term = F.kl_div(F.log_softmax(s_logits.float() / T, dim=1), self.target_probabilities(images),
                             reduction='batchmean') * T * T
         else:
+            t_feats = self._teacher_outputs(images)[1]
             if s_feats is None or s_feats.shape != t_feats.shape:
                 raise ValueError('Feature distillation needs student features shaped like the '
                                  "teacher's {}, got {}".format(tuple(t_feats.shape),
                                                                None if s_feats is None else tuple(s_feats.shape)))
             term = F.mse_loss(s_feats, t_feats)
-        return {self.name + '_' + self.mode: self.weight * term}
+        return {self.name + '_' + self.mode: weight * term}

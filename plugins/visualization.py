@@ -25,12 +25,13 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .registry import Registry
 
-__all__ = ['ATTENTION_MAPS', 'attention_maps', 'cam_from_gradients', 'conv_layer_names', 'grad_cam',
+__all__ = ['APPEARANCE_SWAPS', 'ATTENTION_MAPS', 'attention_maps', 'register_appearance_swap', 'cam_from_gradients', 'conv_layer_names', 'grad_cam',
            'normalise_maps', 'overlay',
            'preserved_state', 'read_rgb', 'register_attention_maps', 'resize_to_height', 'save_grid',
            'save_ranked_results']
 
 ATTENTION_MAPS = Registry('attention map')
+APPEARANCE_SWAPS = Registry('appearance swap')
 
 # Modules whose behaviour differs between train and eval mode in ways Grad-CAM must not see.
 _EVAL_ONLY = (nn.modules.batchnorm._NormBase, nn.modules.dropout._DropoutNd)
@@ -353,6 +354,19 @@ def attention_maps(model_name, model, images, target_layer=None, class_idx=None)
         maps['grad_cam:' + name] = grad_cam(model, images, target_layer=target_layer,
                                             class_idx=class_idx)
     return maps
+
+
+def register_appearance_swap(model_name, fn=None):
+    """Expose a generative model's appearance/structure swap for ``tools/visualize.py swap``.
+
+    ``fn(model, weights, structures, appearances) -> Tensor (S, A, 3, H, W)``: image ``[i, j]``
+    has the structure (pose, background) of ``structures[i]`` and the appearance of
+    ``appearances[j]``, in the input normalisation. ``model`` is the ReID model loaded from
+    the checkpoint ``weights``; the function finds its generator next to it.
+    """
+    if fn is None:
+        return lambda f: register_appearance_swap(model_name, f)
+    return APPEARANCE_SWAPS.register(model_name, fn)
 
 
 # ----------------------------------------------------------------------------------------------

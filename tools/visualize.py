@@ -10,6 +10,9 @@ Examples::
     # Grad-CAM at another layer, for given image files (config overrides after `--`)
     python tools/visualize.py attention --config-file CFG --weights W --layer layer3 \\
         --images a.jpg b.png -- data.height 128
+    # generative models (DG-Net): rows keep a structure, columns lend their appearance
+    python tools/visualize.py swap --config-file configs/dgnet/dgnet_resnet50_synthreid.yaml \\
+        --weights log/dgnet_resnet50_synthreid/model/model.pth.tar-2 --num-images 6
 
 Config overrides (``KEY VALUE`` pairs) come last, as in ``tools/train.py``.
 Output goes to ``<data.save_dir>/visrank_<dataset>/`` and ``<data.save_dir>/actmap_<dataset>/``
@@ -74,6 +77,12 @@ def parse_args(argv=None):
     attention.add_argument('--layer', type=str, default=None,
                            help='Grad-CAM target layer, a dotted module name (default: last conv layer)')
     common(attention)
+
+    swap = sub.add_parser('swap', help='appearance/structure swap grid of a generative model',
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    swap.add_argument('--num-images', type=int, default=6,
+                      help='query images of different identities, as structure and appearance sources')
+    common(swap)
     args = parser.parse_args(argv)
     if args.opts and args.opts[0] == '--':
         args.opts = args.opts[1:]
@@ -219,11 +228,58 @@ def run_attention(args):
     return out
 
 
+def to_rgb_uint8(images, cfg):
+    """(N, 3, H, W) images in the config's normalisation -> list of (H, W, 3) uint8 arrays."""
+    mean = torch.tensor(cfg.data.norm_mean).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.data.norm_std).view(1, 3, 1, 1)
+    pixels = ((images.detach().float().cpu() * std + mean).clamp(0, 1) * 255).round().byte()
+    return list(pixels.permute(0, 2, 3, 1).numpy())
+
+
+def run_swap(args):
+    from PIL import Image
+
+    if args.num_images < 2:
+        raise UserError('--num-images must be at least 2')
+    cfg, model, dm = load(args)
+    if cfg.model.name not in V.APPEARANCE_SWAPS:
+        raise UserError('Model {!r} has no generator to swap appearances with; models with one: '
+                        '{}'.format(cfg.model.name, sorted(V.APPEARANCE_SWAPS) or 'none installed'))
+    target = cfg.data.targets[0]
+    query, seen = [], set()
+    for entry in dm.fetch_test_loaders(target)[0]:  # one image per identity
+        if entry[1] not in seen:
+            seen.add(entry[1])
+            query.append(V._image_path(entry))
+        if len(query) == args.num_images:
+            break
+    images = torch.stack([dm.preprocess_pil_img(Image.open(p).convert('RGB')) for p in query])
+    images = images.to(device_of(model))
+    try:
+        with torch.no_grad():
+            grid = V.APPEARANCE_SWAPS.get(cfg.model.name)(model, args.weights, images, images)
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(err.args[0] if err.args else str(err)) from None
+    sources = to_rgb_uint8(images, cfg)
+    blank = np.full_like(sources[0], 255)
+    rows = [[('structure \\ appearance', blank)] + [('appearance', img) for img in sources]]
+    for i, structure in enumerate(sources):
+        rows.append([('structure', structure)] + to_rgb_uint8(grid[i], cfg))
+    out_dir = args.output or osp.join(cfg.data.save_dir, 'swap_' + target)
+    out = V.save_grid(rows, osp.join(out_dir, 'swap_{}.png'.format(cfg.model.name)),
+                      cell_height=DISPLAY_HEIGHT // 2)
+    print('{}: swap grid of {} images (rows: structure, columns: appearance): "{}"'.format(
+        cfg.model.name, len(query), out))
+    return out
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
         if args.command == 'ranked':
             run_ranked(args)
+        elif args.command == 'swap':
+            run_swap(args)
         else:
             run_attention(args)
     except UserError as err:

@@ -34,8 +34,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from plugins.backbones import ResNetTrunk
+from plugins.models import model_builder
 
-__all__ = ['AppearanceEncoder', 'ClassBlock', 'StructureEncoder', 'ASPP', 'Decoder',
+__all__ = ['dgnet_resnet50', 'AppearanceEncoder', 'ClassBlock', 'StructureEncoder', 'ASPP', 'Decoder',
            'AdaINParameterMLPs', 'AdaINResidualBlock', 'Generator', 'MultiScaleDiscriminator',
            'LayerNorm', 'adaptive_instance_norm', 'discriminator_loss', 'generator_adversarial_loss',
            'r1_penalty']
@@ -484,3 +485,6 @@ def r1_penalty(real_outputs, real_images):
         grad, = torch.autograd.grad(output.sum(), real_images, create_graph=True)
         penalty = penalty + grad.pow(2).flatten(1).sum(1).mean()
     return penalty
+
+
+dgnet_resnet50 = model_builder(AppearanceEncoder, 'dgnet_resnet50')

@@ -1,24 +1,46 @@
-"""DG-Net's per-iteration schedules, as functions of the global iteration.
+"""DG-Net's loss weights as functions of the global iteration.
 
 The official trainer raises the code-reconstruction, cycle and teacher weights by
-``warm_scale`` (5e-4) every iteration after ``warm_iter`` (30k) up to their caps,
-and steps ``MultiStepLR`` (x0.1 at 60k and 90k) every iteration. It keeps the
-warm-up weights in a mutable config dict that is not checkpointed, so a resumed
-run restarts them at 0. Computing both from the iteration instead makes a
-resumed run continue with exactly the weights and learning rates it had.
+``warm_scale`` (5e-4) every iteration after ``warm_iter`` (30k) up to their caps.
+It keeps them in a mutable config dict that is not checkpointed, so a resumed run
+restarts them at 0. Computing them from the iteration (which the checkpoint holds)
+makes a resumed run continue with exactly the weights it had. The learning rates
+follow the host's ``train.lr_scheduler``, stepped per iteration by the engine.
 """
 
-WARMUP_START = 30000  # warm_iter / warm_teacher_iter of configs/latest.yaml
-WARMUP_STEP = 5e-4  # warm_scale
-LR_MILESTONES = (60000, 90000)  # step_size of the official MultiStepLR, per iteration
-LR_GAMMA = 0.1
 
+def warmup_weight(iteration, maximum, start, step):
+    """0 until ``start`` iterations are done, then ``step`` more per iteration, capped at ``maximum``.
 
-def warmup_weight(iteration, maximum, start=WARMUP_START, step=WARMUP_STEP):
-    """0 until ``start`` iterations are done, then ``step`` more per iteration, capped at ``maximum``."""
+    ``iteration`` is the official 0-based counter: the trainer adds ``step`` when
+    ``iteration > start``, before that iteration's loss.
+    """
     return min(maximum, max(0, iteration - start) * step)
 
 
-def lr_factor(iteration, milestones=LR_MILESTONES, gamma=LR_GAMMA):
-    """The multiplier of the base learning rate after ``iteration`` scheduler steps."""
-    return gamma ** sum(iteration >= m for m in milestones)
+def loss_weights(dgnet, iteration, teacher_weight=1.0):
+    """Every weight of DG-Net's generator/encoder step at ``iteration``.
+
+    ``dgnet`` is the config node (see :mod:`.config`); ``teacher_weight`` the KL
+    weight inside ``teacher_w`` (official ``T_w``, our ``teacher.weight``). Without a
+    teacher (``dgnet.use_teacher`` False) neither the KL nor the fine-grained mining
+    runs, as in the official code with ``teacher: ''``. The
+    fine-grained terms (identity of the real images' fine-grained head, and of the
+    structure source of the generated images) are scaled by ``teacher_w * B_w``,
+    as in the official ``weight_B``: before the warm-up they get no gradient.
+    """
+    code = warmup_weight(iteration, dgnet.max_w, dgnet.warm_iter, dgnet.warm_scale)
+    teacher = warmup_weight(iteration, dgnet.max_teacher_w, dgnet.warm_teacher_iter, dgnet.warm_scale)
+    return {
+        'recon_x': dgnet.recon_x_w,
+        'recon_xp': dgnet.recon_xp_w,
+        'recon_s': code,
+        'recon_f': code,
+        'recon_cyc': warmup_weight(iteration, dgnet.max_cyc_w, dgnet.warm_iter, dgnet.warm_scale),
+        'id': dgnet.id_w,
+        'id_fine': dgnet.id_w * teacher * dgnet.fine_w,
+        'pid': dgnet.pid_w,
+        'recon_id': dgnet.recon_id_w,
+        'teacher': teacher * teacher_weight if dgnet.use_teacher else 0.0,
+        'fine': teacher * dgnet.fine_w if dgnet.use_teacher else 0.0,
+    }

@@ -1,0 +1,29 @@
+"""DG-Net (Joint Discriminative and Generative Learning, Zheng et al., CVPR 2019) for torchreid.
+
+Registers, through ``plugins`` only:
+
+* model ``dgnet_resnet50``: the appearance encoder E_a, the ReID model
+  (:mod:`.networks`, which also holds E_s, G and D);
+* engine ``dgnet`` (:mod:`.engine`): generator/encoder step, D through
+  ``plugins.AdversarialStepHook``, the teacher through ``plugins.TeacherDistillationHook``;
+* config node ``dgnet`` (:mod:`.config`);
+* the appearance/structure swap grid of ``tools/visualize.py swap`` (:mod:`.swap`);
+* benchmark section ``dgnet`` (:mod:`.benchmark`).
+
+See ``projects/dgnet/README.md``.
+"""
+import plugins
+from plugins.benchmarking import register_benchmark
+from plugins.visualization import register_appearance_swap
+
+from . import benchmark
+from .config import add_dgnet_config
+from .engine import build_dgnet_engine
+from .networks import dgnet_resnet50
+from .swap import appearance_swap
+
+plugins.register_models({'dgnet_resnet50': dgnet_resnet50})
+plugins.register_engine('dgnet', build_dgnet_engine)
+plugins.register_config('dgnet', add_dgnet_config)
+register_appearance_swap('dgnet_resnet50', appearance_swap)
+register_benchmark('dgnet', benchmark.run, benchmark.markdown)

@@ -1,0 +1,300 @@
+"""The ``dgnet`` engine: DG-Net's joint discriminative and generative training on the plugin loop.
+
+A batch holds ``2n`` (anchor, positive) pairs from ``PairwiseSampler`` with
+``pos_ratio 1.0``; the first ``n`` anchors are the official loader a (``x_a``,
+their positives ``xp_a``), the last ``n`` loader b. One iteration (official
+``dis_update`` then ``gen_update``):
+
+1. codes: structure ``s = E_s(grey x)``; appearance ``f = E_a(x)``, ``fp = E_a(xp)``
+   (detached by E_a, so computed without a graph);
+2. one decoder pass for self-reconstructions ``G(s, f)``, same-identity
+   reconstructions ``G(s, fp)`` and swaps ``x_ba = G(s_b, f_a)``, ``x_ab = G(s_a, f_b)``;
+3. D step on the detached swaps against the reals (LSGAN + R1), through
+   :class:`plugins.AdversarialStepHook`;
+4. one step of E_a (SGD) and E_s + G (Adam) on the weighted sum of every term
+   below, the teacher's KL through :class:`plugins.TeacherDistillationHook`.
+
+Faithful to the official maths, faster: the fakes are generated once (the official
+``dis_update`` generates them again), E_s, the AdaIN MLPs, G and D see whole
+batches (they normalise per image, so batching changes nothing), the frozen E_a
+is the live one with gradients and running statistics switched off instead of a
+deep copy per iteration, and the code passes run without a graph. E_a and the
+teacher keep the official batches of ``n`` images per pass (their BatchNorm uses
+batch statistics). The official code computes each term for a and for b and adds
+them; with equal halves that is :data:`HALVES` times the mean over both.
+"""
+import contextlib
+import math
+from collections import namedtuple
+
+import torch
+import torch.nn.functional as F
+from torchreid.reid.engine import Engine
+
+from plugins import AdversarialStepHook, LossTerm, PluginEngine, TeacherDistillationHook
+from plugins.config import lr_scheduler_kwargs
+from plugins.distributed import per_rank_batch
+from plugins.engine import engine_options, unwrap_model
+from plugins.hooks import batchnorm_stats_frozen, frozen
+from plugins.schedulers import build_lr_scheduler
+
+from .networks import (AppearanceEncoder, Generator, MultiScaleDiscriminator, discriminator_loss,
+                       generator_adversarial_loss, r1_penalty)
+from .schedules import loss_weights
+
+HALVES = 2  # the official a and b batches: its sums of two equal-size means
+
+DGNetStep = namedtuple('DGNetStep', ['reals', 'labels', 'fakes', 'logits', 'student', 'losses'])
+DGNetStep.__doc__ = """One iteration's tensors: ``reals`` (x_a, x_b), ``labels`` (l_a, l_b),
+``fakes`` (x_ba, x_ab), ``logits`` (E_a's primary logits of the erased reals), ``student``
+(E_a's (primary, fine) logits of the detached fakes, or None before the teacher warm-up),
+``losses`` (unweighted terms by name)."""
+
+# Generator/encoder terms, weighted by :func:`.schedules.loss_weights` (the teacher's KL is the hook's).
+TERMS = ('recon_x', 'recon_xp', 'recon_s', 'recon_f', 'recon_cyc', 'id', 'id_fine', 'pid',
+         'recon_id', 'fine')
+
+
+def per_group(fn, images, group_size):
+    """``fn`` on consecutive groups of ``group_size`` images, outputs (or output tuples) concatenated."""
+    outputs = [fn(group) for group in images.split(group_size)]
+    if isinstance(outputs[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*outputs))
+    return torch.cat(outputs)
+
+
+def swap_halves(x):
+    """(b, a) from (a, b) along the batch."""
+    first, second = x.chunk(2)
+    return torch.cat([second, first])
+
+
+@contextlib.contextmanager
+def frozen_encoder(module):
+    """The official per-iteration copy of E_a (``eval()`` then BatchNorm in train mode),
+    without copying: no parameter gradient, dropout off, batch statistics, running
+    estimates untouched."""
+    dropouts = [m for m in module.modules() if isinstance(m, torch.nn.Dropout) and m.training]
+    for m in dropouts:
+        m.eval()
+    try:
+        with frozen(module), batchnorm_stats_frozen(module):
+            yield module
+    finally:
+        for m in dropouts:
+            m.train()
+
+
+def random_erase(images, probability, area=(0.02, 0.4), min_aspect=0.3, attempts=100):
+    """Random erasing (Zhong et al.) with fill 0, per image, as the official ``RandomErasing``.
+
+    With ``probability`` an image gets one rectangle of ``area`` (fraction of the
+    image) and aspect ratio in ``[min_aspect, 1 / min_aspect]``, retried up to
+    ``attempts`` times until it fits. Rectangles are drawn with torch's CPU generator
+    (so resumes replay them) and applied with one mask on the images' device.
+    """
+    n, _, height, width = images.shape
+    boxes = torch.zeros(n, 4, dtype=torch.long)  # top, left, height, width; zero size: untouched
+    for i in range(n):
+        if torch.rand(()) > probability:
+            continue
+        for _ in range(attempts):
+            target = float(torch.empty(()).uniform_(*area)) * height * width
+            aspect = float(torch.empty(()).uniform_(min_aspect, 1 / min_aspect))
+            h = int(round(math.sqrt(target * aspect)))
+            w = int(round(math.sqrt(target / aspect)))
+            if w < width and h < height:
+                top = int(torch.randint(0, height - h + 1, ()))
+                left = int(torch.randint(0, width - w + 1, ()))
+                boxes[i] = torch.tensor([top, left, h, w])
+                break
+    boxes = boxes.to(images.device, non_blocking=True)
+    rows = torch.arange(height, device=images.device)
+    cols = torch.arange(width, device=images.device)
+    top, left, h, w = boxes.unbind(1)
+    in_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])
+    in_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])
+    return images.masked_fill(in_rows[:, None, :, None] & in_cols[:, None, None, :], 0)
+
+
+def code_and_primary_logits(encoder, images):
+    code, (primary, _) = encoder.encode(images)
+    return code, primary
+
+
+def l1(output, target):
+    """The official ``recon_criterion``: mean absolute error to a detached target."""
+    return (output - target.detach()).abs().mean()
+
+
+class DGNetEngine(PluginEngine):
+    """:class:`plugins.PluginEngine` training E_a (``model``), the generator and, through
+    hooks, D and the teacher term. Every schedule (learning rates, warm-ups) moves
+    per iteration; the iteration is ``epoch * num_batches + batch_idx``, which the
+    checkpoints hold, so a resumed run continues with the same weights and rates.
+    """
+
+    def __init__(self, datamanager, model, optimizer, scheduler, generator, generator_optimizer,
+                 generator_scheduler, dgnet, teacher_weight=1.0, **options):
+        super().__init__(datamanager, model, optimizer, scheduler, ddp=False, **options)
+        self.generator = self.register_model('generator', generator, generator_optimizer,
+                                             generator_scheduler)
+        self.main_optimizers.append(generator_optimizer)
+        self.dgnet = dgnet
+        self.teacher_weight = teacher_weight
+        self.weights = loss_weights(dgnet, 0, teacher_weight)
+        self.loss_terms = [LossTerm(name, self._weight_of(name), self._loss_of(name))
+                           for name in TERMS]
+
+    @staticmethod
+    def _weight_of(name):
+        return lambda engine: engine.weights[name]
+
+    @staticmethod
+    def _loss_of(name):
+        return lambda engine, batch, outputs: outputs.losses[name]
+
+    @property
+    def iteration(self):
+        """Global 0-based iteration of the current step (the official counter)."""
+        return self.epoch * getattr(self, 'num_batches', 0) + self.batch_idx
+
+    def model_outputs(self, batch):
+        self.weights = w = loss_weights(self.dgnet, self.iteration, self.teacher_weight)
+        images, pids = batch['img'], batch['pid']
+        x, xp, labels = images[0::2], images[1::2], pids[0::2]
+        n = len(x) // 2  # one official loader batch
+        encoder, gen = unwrap_model(self.model), self.generator
+        losses = {}
+
+        with torch.no_grad():  # appearance codes are detached by E_a: no graph needed
+            f, fp = per_group(lambda group: encoder.encode(group)[0], torch.cat([x, xp]), n).chunk(2)
+        s = gen.encode(x)
+        recon, recon_p, fakes = gen.decode(torch.cat([s, s, swap_halves(s)]),
+                                           torch.cat([f, fp, f])).chunk(3)
+        losses['recon_x'] = HALVES * l1(recon, x)
+        losses['recon_xp'] = HALVES * l1(recon_p, x)
+
+        # identities of the reals and positives, on randomly erased copies
+        primary, fine = per_group(self.model, random_erase(torch.cat([x, xp]), self.dgnet.erasing_p), n)
+        logits, logits_p = primary.chunk(2)
+        losses['id'] = HALVES * F.cross_entropy(logits, labels)
+        losses['pid'] = HALVES * F.cross_entropy(logits_p, labels)
+        if w['id_fine']:
+            losses['id_fine'] = HALVES * F.cross_entropy(fine[:len(x)], labels)
+
+        # the generated images seen by a frozen E_a: identity of the appearance source
+        with frozen_encoder(encoder):
+            f_recon, p_recon = per_group(lambda group: code_and_primary_logits(encoder, group), fakes, n)
+        losses['recon_id'] = HALVES * F.cross_entropy(p_recon, labels)
+        if w['recon_f']:  # both codes are detached (as in the official code): logged, no gradient
+            losses['recon_f'] = HALVES * l1(f_recon, f)
+        if w['recon_s'] or w['recon_cyc']:
+            s_recon = self._encode_fakes_again(swap_halves(fakes))
+            if w['recon_s']:
+                losses['recon_s'] = HALVES * l1(s_recon, s)
+            if w['recon_cyc']:  # x_aba = G(s_a_recon, f_a_recon), x_bab likewise
+                losses['recon_cyc'] = HALVES * l1(gen.decode(s_recon, f_recon), x)
+
+        student = None
+        if w['teacher'] or w['fine']:  # E_a learns from the detached fakes
+            student = per_group(self.model, fakes.detach(), n)
+            if w['fine']:  # fine-grained mining: the identity of the structure source
+                losses['fine'] = HALVES * F.cross_entropy(student[1], swap_halves(labels))
+        return DGNetStep(x, labels, fakes, logits, student, losses)
+
+    def _encode_fakes_again(self, fakes):
+        """Structure codes of (x_ab, x_ba): with probability ``use_encoder_again`` E_s learns
+        on the detached fakes, otherwise a frozen E_s passes the gradient to G."""
+        encoder = self.generator.structure_encoder
+        if float(torch.rand(())) <= self.dgnet.use_encoder_again:
+            return encoder(fakes.detach())
+        with frozen(encoder):
+            return encoder(fakes)
+
+    def forward_backward(self, data):
+        summary = super().forward_backward(data)
+        Engine.update_lr(self)  # every registered network's schedule, once per iteration
+        return summary
+
+    def update_lr(self, names=None):
+        """Nothing at the end of an epoch: DG-Net's schedules step per iteration."""
+
+
+def discriminator_step_loss(discriminator, engine, batch, outputs):
+    """D's LSGAN loss on the detached fakes against the reals, plus the R1 penalty
+    (official ``calc_dis_loss`` for a and b), in one pass over fakes and reals."""
+    reals = outputs.reals.detach().requires_grad_()
+    scores = discriminator(torch.cat([outputs.fakes.detach(), reals]))
+    fake_scores, real_scores = zip(*(score.chunk(2) for score in scores))
+    dgnet = engine.dgnet
+    return HALVES * dgnet.gan_w * (discriminator_loss(fake_scores, real_scores)
+                                   + dgnet.r1_w * r1_penalty(real_scores, reals))
+
+
+def generator_step_loss(discriminator, engine, batch, outputs):
+    """The generator's LSGAN term for x_ba and x_ab (official ``calc_gen_loss``)."""
+    return HALVES * generator_adversarial_loss(discriminator(outputs.fakes))
+
+
+def real_accuracy(engine, batch, outputs):
+    """Top-1 accuracy (percent) of E_a's primary head on the erased real images."""
+    return (outputs.logits.argmax(1) == outputs.labels).float().mean() * 100
+
+
+def check_config(cfg):
+    if cfg.sampler.train_sampler != 'PairwiseSampler' or cfg.sampler.pos_ratio != 1.0:
+        raise ValueError("engine 'dgnet' needs (image, positive) pairs: sampler.train_sampler "
+                         "'PairwiseSampler' with sampler.pos_ratio 1.0, got {!r} with pos_ratio {}".format(
+                             cfg.sampler.train_sampler, cfg.sampler.pos_ratio))
+    per_rank = per_rank_batch(cfg.train.batch_size)
+    if per_rank % 4 or per_rank < 8:
+        raise ValueError("engine 'dgnet' needs a batch of (image, positive) pairs split into two "
+                         'halves of at least 2 pairs each: train.batch_size per process must be a '
+                         'multiple of 4, at least 8, got {}'.format(per_rank))
+    if cfg.teacher.mode != 'kl':
+        raise ValueError("DG-Net's primary feature learning distils the teacher's soft labels: "
+                         "teacher.mode must be 'kl', got {!r}".format(cfg.teacher.mode))
+    if cfg.dgnet.use_teacher and not cfg.teacher.weights:
+        raise ValueError(
+            "DG-Net's primary feature learning needs a teacher: train one first, e.g. "
+            'python tools/train.py --config-file configs/baselines/resnet50_softmax_market1501.yaml, '
+            'then pass teacher.weights <its model.pth.tar-N> (teacher.model names its architecture); '
+            'or set dgnet.use_teacher False to train without it')
+
+
+def build_dgnet_engine(cfg, datamanager, model, optimizer, scheduler):
+    """Engine builder registered as ``dgnet`` (called by ``plugins.build_engine``).
+
+    E_a is the run's model with the host's optimiser (the configs: SGD, Nesterov,
+    staged LR 0.002 trunk / 0.02 heads); E_s + G and D get Adam with ``dgnet.lr_g``
+    / ``dgnet.lr_d``; all three follow ``train.lr_scheduler`` stepped per iteration.
+    """
+    if not isinstance(unwrap_model(model), AppearanceEncoder):
+        raise TypeError("engine 'dgnet' needs the model dgnet_resnet50, got {}".format(
+            type(unwrap_model(model)).__name__))
+    check_config(cfg)
+    d = cfg.dgnet
+
+    def adam(network, lr):
+        optim = torch.optim.Adam(network.parameters(), lr=lr, betas=(d.beta1, d.beta2),
+                                 weight_decay=cfg.train.weight_decay)
+        return optim, build_lr_scheduler(optim, **lr_scheduler_kwargs(cfg))
+
+    generator = Generator()
+    engine = DGNetEngine(datamanager, model, optimizer, scheduler, generator, *adam(generator, d.lr_g),
+                         dgnet=d, teacher_weight=cfg.teacher.weight, **engine_options(cfg),
+                         metric_fns={'acc': real_accuracy})
+    discriminator = MultiScaleDiscriminator()
+    d_optimizer, d_scheduler = adam(discriminator, d.lr_d)
+    engine.add_hook(AdversarialStepHook(discriminator, d_optimizer, discriminator_step_loss,
+                                        generator_step_loss, scheduler=d_scheduler, g_weight=d.gan_w))
+    if d.use_teacher:
+        n = per_rank_batch(cfg.train.batch_size) // 4
+        engine.add_hook(TeacherDistillationHook.from_checkpoint(
+            cfg.teacher.model, cfg.teacher.weights, datamanager.num_train_pids,
+            weight=lambda e: HALVES * e.weights['teacher'], temperature=cfg.teacher.temperature,
+            inputs_fn=lambda e, batch, outputs: outputs.fakes.detach(),
+            student_fn=lambda e, batch, outputs: (outputs.student[0], None),
+            flip_average=True, batch_statistics=True, chunk_size=n))
+    return engine

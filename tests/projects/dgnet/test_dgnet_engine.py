@@ -1,0 +1,235 @@
+"""The ``dgnet`` engine on a tiny generated dataset: which step trains what, the teacher, the
+schedules across a resume, a falling reconstruction loss, mixed precision and torchrun."""
+import os
+
+import pytest
+import torch
+
+import plugins
+from plugins.checkpoint import save_checkpoint
+from plugins.hooks import AdversarialStepHook, TeacherDistillationHook, batchnorm_stats_frozen
+from projects.dgnet.engine import random_erase
+from projects.dgnet.networks import AppearanceEncoder
+
+from tests.conftest import (REPO, TINY_SYNTHREID, amp_step, changed, ddp_rank_checksums, snapshot,
+                         tiny_synthreid_run)
+
+CONFIG = os.path.join(REPO, 'configs', 'dgnet', 'dgnet_resnet50_synthreid.yaml')
+NUM_IDS = 6  # TINY_SYNTHREID's training identities
+SIZE = ('data.height', '80', 'data.width', '40')  # E_s needs at least 37 pixels a side
+ALL_TERMS_ON = ('dgnet.warm_iter', '0', 'dgnet.warm_teacher_iter', '0', 'dgnet.warm_scale', '1.0')
+
+
+@pytest.fixture(scope='module')
+def teacher_weights(tmp_path_factory):
+    teacher = plugins.build_model('resnet50', NUM_IDS, loss='softmax', pretrained=False)
+    folder = tmp_path_factory.mktemp('teacher')
+    save_checkpoint({'state_dict': teacher.state_dict()}, str(folder), name='model.pth.tar-1')
+    return str(folder / 'model.pth.tar-1')
+
+
+def dgnet_run(tmp_path, teacher_weights, *opts):
+    torch.set_num_threads(2)
+    return tiny_synthreid_run(CONFIG, tmp_path, *SIZE, 'teacher.weights', teacher_weights, *opts)
+
+
+def first_batch(engine):
+    return next(iter(engine.train_loader))
+
+
+def hook(engine, cls):
+    return next(h for h in engine.hooks if isinstance(h, cls))
+
+
+def test_one_iteration_has_every_term_and_the_official_shapes(tmp_path, teacher_weights):
+    engine = dgnet_run(tmp_path, teacher_weights, *ALL_TERMS_ON)
+    engine.batch_idx = 1  # past the (zero-length) warm-up
+    data = first_batch(engine)
+    assert torch.equal(data['pid'][0::2], data['pid'][1::2])  # (image, positive) pairs
+    engine.set_model_mode('train')
+    batch = engine.parse_batch(data)
+    step = engine.model_outputs(batch)
+    assert step.reals.shape == step.fakes.shape == (4, 3, 80, 40)  # x_a, x_b; x_ba, x_ab
+    assert step.logits.shape == (4, NUM_IDS)
+    assert step.student[0].shape == step.student[1].shape == (4, NUM_IDS)
+    assert set(step.losses) == {'recon_x', 'recon_xp', 'recon_s', 'recon_f', 'recon_cyc', 'id',
+                                'id_fine', 'pid', 'recon_id', 'fine'}
+    log = engine.forward_backward(data)
+    assert {'teacher_kl', 'discriminator_loss', 'discriminator_adv', 'acc'} <= set(log)
+    assert all(torch.isfinite(torch.as_tensor(v)) for v in log.values()), log
+    assert set(engine.get_model_names()) == {'model', 'generator', 'discriminator'}  # no teacher
+
+
+def test_before_the_warm_up_the_teacher_and_cycle_terms_are_not_computed(tmp_path, teacher_weights):
+    engine = dgnet_run(tmp_path, teacher_weights)  # warm-ups start after 100 iterations
+    engine.set_model_mode('train')
+    step = engine.model_outputs(engine.parse_batch(first_batch(engine)))
+    assert set(step.losses) == {'recon_x', 'recon_xp', 'id', 'pid', 'recon_id'}
+    assert step.student is None
+
+
+def test_the_d_step_trains_only_d_and_the_main_step_no_d_weight(tmp_path, teacher_weights):
+    engine = dgnet_run(tmp_path, teacher_weights, *ALL_TERMS_ON)
+    engine.batch_idx = 1
+    engine.set_model_mode('train')
+    networks = {name: engine._models[name] for name in engine.get_model_names()}
+    batch = engine.parse_batch(first_batch(engine))
+    outputs = engine.model_outputs(batch)
+    before = {name: snapshot(net) for name, net in networks.items()}
+    hook(engine, AdversarialStepHook).after_forward(engine, batch, outputs)
+    assert changed(before['discriminator'], networks['discriminator'])
+    assert not changed(before['model'], networks['model'])
+    assert not changed(before['generator'], networks['generator'])
+
+    before = {name: snapshot(net) for name, net in networks.items()}
+    terms = {t.name: t.weight(engine) * t.fn(engine, batch, outputs) for t in engine.loss_terms}
+    for h in engine.hooks:
+        terms.update(h.loss_terms(engine, batch, outputs))
+    engine.optimizer_step(engine.main_optimizers, terms)
+    assert not changed(before['discriminator'], networks['discriminator'])
+    assert changed(before['model'], networks['model'])
+    assert changed(before['generator'], networks['generator'])
+
+
+def test_generator_terms_never_reach_the_appearance_encoder(tmp_path, teacher_weights):
+    """E_a's code is detached and the frozen E_a that judges the fakes passes gradients only to
+    the generator: reconstruction and recon_id train E_s + G alone, identity terms E_a alone."""
+    engine = dgnet_run(tmp_path, teacher_weights, *ALL_TERMS_ON)
+    engine.batch_idx = 1
+    engine.set_model_mode('train')
+    for name, reaches_encoder in [('recon_x', False), ('recon_id', False), ('recon_cyc', False),
+                                  ('id', True), ('fine', True)]:
+        torch.manual_seed(0)
+        step = engine.model_outputs(engine.parse_batch(first_batch(engine)))
+        for net in (engine.model, engine.generator):
+            net.zero_grad(set_to_none=True)
+        step.losses[name].backward()
+        encoder_grads = [p.grad for p in engine.model.parameters() if p.grad is not None]
+        generator_grads = [p.grad for p in engine.generator.parameters() if p.grad is not None]
+        assert bool(encoder_grads) == reaches_encoder, name
+        assert bool(generator_grads) != reaches_encoder, name
+
+
+def test_the_teacher_is_frozen_flip_averaged_and_never_saved(tmp_path, teacher_weights):
+    engine = dgnet_run(tmp_path, teacher_weights, *ALL_TERMS_ON, 'train.max_epoch', '1')
+    teacher_hook = hook(engine, TeacherDistillationHook)
+    teacher = teacher_hook.teacher
+    assert teacher_hook.flip_average and teacher_hook.batch_statistics and teacher_hook.chunk_size == 2
+    before = snapshot(teacher)
+    engine.run(save_dir=str(tmp_path / 'log'), max_epoch=1, print_freq=100)
+    assert not changed(before, teacher)
+    saved = {f for f in os.listdir(tmp_path / 'log') if not f.startswith('events')}
+    assert saved == {'discriminator', 'generator', 'model'}
+    # soft labels: the mean of the probabilities on the images and on their mirror images
+    images = torch.randn(4, 3, 80, 40)
+    target = teacher_hook.target_probabilities(images)
+    with torch.no_grad(), batchnorm_stats_frozen(teacher):
+        direct = sum(torch.softmax(torch.cat([teacher(part)[0] for part in view.split(2)]), 1)
+                     for view in (images, images.flip(-1))) / 2
+    assert torch.allclose(target, direct, atol=1e-6)
+    assert not changed(before, teacher)
+
+
+def test_schedules_step_per_iteration_and_continue_after_a_resume(tmp_path, teacher_weights):
+    """LR x0.1 at iteration 5 (stepsize [5]) for E_a, G and D; warm-up from iteration 3 by 0.1 per
+    iteration. A run resumed from its epoch-1 checkpoint has the rates and weights the
+    uninterrupted run had at that iteration."""
+    opts = ('train.stepsize', '[5]', 'dgnet.warm_iter', '3', 'dgnet.warm_teacher_iter', '3',
+            'dgnet.warm_scale', '0.1', 'train.max_epoch', '1')
+    engine = dgnet_run(tmp_path, teacher_weights, *opts)
+    engine.run(save_dir=str(tmp_path / 'log'), max_epoch=1, print_freq=100)
+    done = engine.num_batches
+    assert done > 5
+    lrs = {name: [g['lr'] for g in engine._optims[name].param_groups] for name in engine.get_model_names()}
+    assert lrs['model'] == pytest.approx([0.0002, 0.002])  # trunk, heads after the drop
+    assert lrs['generator'] == lrs['discriminator'] == pytest.approx([1e-5])
+
+    resumed = dgnet_run(tmp_path / 'again', teacher_weights, *opts, 'data.root', str(tmp_path / 'data'),
+                        'model.resume', str(tmp_path / 'log' / 'model' / 'model.pth.tar-1'))
+    assert {name: [g['lr'] for g in resumed._optims[name].param_groups]
+            for name in resumed.get_model_names()} == lrs
+    assert {name: s.last_epoch for name, s in resumed._scheds.items()} == {
+        name: done for name in ('model', 'generator', 'discriminator')}
+    resumed.epoch, resumed.num_batches, resumed.batch_idx = 1, done, 0
+    assert resumed.iteration == done
+    resumed.set_model_mode('train')
+    resumed.model_outputs(resumed.parse_batch(first_batch(resumed)))
+    assert resumed.weights['recon_cyc'] == pytest.approx(min(2.0, (done - 3) * 0.1))
+    assert resumed.weights['teacher'] == pytest.approx(min(2.0, (done - 3) * 0.1))
+
+
+def test_self_reconstruction_falls_over_a_short_run(tmp_path, teacher_weights):
+    engine = dgnet_run(tmp_path, teacher_weights)
+    engine.set_model_mode('train')
+    data = first_batch(engine)
+    losses = []
+    for i in range(20):
+        engine.batch_idx = i
+        losses.append(float(engine.forward_backward(data)['recon_x']))
+    assert sum(losses[-3:]) < 0.7 * sum(losses[:3]), [round(v, 2) for v in losses]
+
+
+def test_bf16_autocast_step(tmp_path, teacher_weights):
+    engine = dgnet_run(tmp_path, teacher_weights, *ALL_TERMS_ON, 'train.amp', 'bf16')
+    engine.batch_idx = 1
+    log = amp_step(engine, first_batch(engine))
+    assert 'teacher_kl' in log and 'recon_cyc' in log
+
+
+@pytest.mark.parametrize('opts, message', [
+    (('sampler.train_sampler', 'PKSampler'), "sampler.train_sampler 'PairwiseSampler'"),
+    (('sampler.pos_ratio', '0.5'), 'pos_ratio 1.0'),
+    (('train.batch_size', '6'), 'multiple of 4, at least 8'),
+    (('teacher.weights', ''), 'teacher.weights'),
+    (('teacher.mode', 'feature'), "teacher.mode must be 'kl'"),
+    (('model.name', 'resnet50'), 'needs the model dgnet_resnet50'),
+])
+def test_bad_configs_are_refused_with_the_key_to_fix(tmp_path, teacher_weights, opts, message):
+    with pytest.raises((ValueError, TypeError), match=message.replace('.', r'\.').replace('(', r'\(')):
+        dgnet_run(tmp_path, teacher_weights, *opts)
+
+
+def test_a_missing_teacher_file_is_named(tmp_path, teacher_weights):
+    with pytest.raises(FileNotFoundError, match='nowhere.pth.tar'):
+        dgnet_run(tmp_path, str(tmp_path / 'nowhere.pth.tar'))
+
+
+def test_without_a_teacher_the_fine_head_still_warms_up(tmp_path, teacher_weights):
+    engine = dgnet_run(tmp_path, '', *ALL_TERMS_ON, 'dgnet.use_teacher', 'False')
+    assert not any(isinstance(h, TeacherDistillationHook) for h in engine.hooks)
+    engine.batch_idx = 1
+    engine.set_model_mode('train')
+    step = engine.model_outputs(engine.parse_batch(first_batch(engine)))
+    assert 'id_fine' in step.losses and 'fine' not in step.losses and step.student is None
+
+
+def test_random_erasing_fills_one_rectangle_with_zeros():
+    torch.manual_seed(0)
+    images = torch.rand(64, 3, 80, 40) + 1  # no zeros of their own
+    assert torch.equal(random_erase(images, 0.0), images)
+    erased = random_erase(images, 1.0)
+    zero = (erased == 0).all(1)  # (N, H, W)
+    assert zero.flatten(1).any(1).all()  # every image got its rectangle
+    for mask in zero:
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        assert mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()  # one rectangle
+        assert 0.02 * 0.5 <= mask.float().mean() <= 0.4 * 1.1  # official area range (rounded sides)
+    half = (random_erase(images, 0.5) == 0).all(1).flatten(1).any(1).float().mean()
+    assert 0.3 < half < 0.7
+
+
+def test_ranks_stay_identical_under_torchrun(tmp_path, teacher_weights):
+    """E_a and the generator run several times per step outside DDP's forward, so the engine
+    averages their gradients itself: both ranks must hold the same weights."""
+    sums = ddp_rank_checksums(CONFIG, tmp_path, *TINY_SYNTHREID, *SIZE, *ALL_TERMS_ON,
+                              'train.batch_size', '16', 'teacher.weights', teacher_weights)
+    assert set(sums) == {'model', 'generator', 'discriminator'}
+    for name, (rank0, rank1) in sums.items():
+        assert rank0 == pytest.approx(rank1, rel=1e-9, abs=1e-6), name
+
+
+def test_appearance_encoder_is_the_registered_reid_model():
+    model = plugins.build_model('dgnet_resnet50', NUM_IDS, pretrained=False)
+    assert isinstance(model, AppearanceEncoder)
+    model.eval()
+    assert model(torch.randn(2, 3, 80, 40)).shape == (2, 1024)
