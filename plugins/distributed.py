@@ -95,11 +95,26 @@ def wrap(module, device, find_unused_parameters=False):
         module, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
 
 
+def broadcast_module(module, src=0):
+    """Copy rank ``src``'s parameters and buffers into ``module`` on every rank: what DDP's
+    wrapper does when built, for networks trained with :func:`average_gradients`."""
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            data = tensor.detach()
+            buffer = data if data.is_contiguous() else data.contiguous()
+            dist.broadcast(buffer, src)
+            if buffer is not data:
+                data.copy_(buffer)
+
+
 def average_gradients(parameters):
     """Average the gradients of ``parameters`` over the ranks, in one all-reduce.
 
     For engines that run a network several times (or through methods other than
-    ``forward``) before one backward, which DDP's wrapper does not follow. A
+    ``forward``) before one backward, which DDP's wrapper does not follow; their
+    networks start equal through :func:`broadcast_module`. A
     gradient missing on some ranks counts as zero there; one missing on every rank
     stays missing, so optimisers skip that parameter as in a single process.
     """

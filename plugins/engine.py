@@ -131,6 +131,8 @@ class PluginEngine(Engine):
         model = model.to(self.device, memory_format=self.memory_format)
         if self.ddp:
             model = distributed.wrap(model, self.device, self.find_unused_parameters)
+        else:
+            distributed.broadcast_module(model)
         super().register_model(name, model, optim, sched)
         return model
 

@@ -106,10 +106,10 @@ def markdown(result):
              '',
              'All updates of one iteration (D step; E_a + E_s/G step with every term, teacher on) '
              'on a fixed batch of {batch} images ({half} + {half} with one positive each) at '
-             '{height}x{width}, 751 classes, on {device}{threads}. Memory: {memory}. The official code: '
+             '{height}x{width}, 751 classes, on {device}{cpu_threads}. Memory: {memory}. The official code: '
              '{official:.0f} ms and 12.1 GiB per iteration in fp32 on one H200.'.format(
                  half=result['batch'] // 4, official=OFFICIAL_H200_MS,
-                 threads='' if gpu else ' ({} torch threads)'.format(result['threads']),
+                 cpu_threads='' if gpu else ' ({} torch threads)'.format(result['threads']),
                  memory='peak allocated CUDA memory' if gpu else 'growth of the peak resident memory',
                  **result),
              '',

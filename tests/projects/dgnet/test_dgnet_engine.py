@@ -11,8 +11,8 @@ from plugins.hooks import AdversarialStepHook, TeacherDistillationHook, batchnor
 from projects.dgnet.engine import random_erase
 from projects.dgnet.networks import AppearanceEncoder
 
-from tests.conftest import (REPO, TINY_SYNTHREID, amp_step, changed, ddp_rank_checksums, snapshot,
-                         tiny_synthreid_run)
+from tests.conftest import (REPO, TINY_SYNTHREID, amp_step, changed, ddp_rank_checksums, load_tool,
+                            run_benchmark_section, snapshot, tiny_synthreid_run)
 
 CONFIG = os.path.join(REPO, 'configs', 'dgnet', 'dgnet_resnet50_synthreid.yaml')
 NUM_IDS = 6  # TINY_SYNTHREID's training identities
@@ -61,7 +61,7 @@ def test_one_iteration_has_every_term_and_the_official_shapes(tmp_path, teacher_
 
 
 def test_before_the_warm_up_the_teacher_and_cycle_terms_are_not_computed(tmp_path, teacher_weights):
-    engine = dgnet_run(tmp_path, teacher_weights)  # warm-ups start after 100 iterations
+    engine = dgnet_run(tmp_path, teacher_weights)  # warm-ups start after 60 iterations
     engine.set_model_mode('train')
     step = engine.model_outputs(engine.parse_batch(first_batch(engine)))
     assert set(step.losses) == {'recon_x', 'recon_xp', 'id', 'pid', 'recon_id'}
@@ -141,8 +141,8 @@ def test_schedules_step_per_iteration_and_continue_after_a_resume(tmp_path, teac
     done = engine.num_batches
     assert done > 5
     lrs = {name: [g['lr'] for g in engine._optims[name].param_groups] for name in engine.get_model_names()}
-    assert lrs['model'] == pytest.approx([0.0002, 0.002])  # trunk, heads after the drop
-    assert lrs['generator'] == lrs['discriminator'] == pytest.approx([1e-5])
+    assert lrs['model'] == pytest.approx([0.00002, 0.0002])  # trunk, heads after the drop
+    assert lrs['generator'] == lrs['discriminator'] == pytest.approx([1e-4])
 
     resumed = dgnet_run(tmp_path / 'again', teacher_weights, *opts, 'data.root', str(tmp_path / 'data'),
                         'model.resume', str(tmp_path / 'log' / 'model' / 'model.pth.tar-1'))
@@ -159,14 +159,18 @@ def test_schedules_step_per_iteration_and_continue_after_a_resume(tmp_path, teac
 
 
 def test_self_reconstruction_falls_over_a_short_run(tmp_path, teacher_weights):
-    engine = dgnet_run(tmp_path, teacher_weights)
+    """E_s + G learn to reconstruct (the adversarial and identity-of-fakes terms, which pull
+    elsewhere early on, switched off): the L1 of G(s, f) against x falls on a fixed batch.
+    Adam with beta1 0 (official) makes single steps noisy, so means of 8 steps are compared."""
+    engine = dgnet_run(tmp_path, teacher_weights, 'dgnet.gan_w', '0', 'dgnet.recon_id_w', '0',
+                       'dgnet.recon_xp_w', '0')
     engine.set_model_mode('train')
     data = first_batch(engine)
     losses = []
-    for i in range(20):
+    for i in range(40):
         engine.batch_idx = i
         losses.append(float(engine.forward_backward(data)['recon_x']))
-    assert sum(losses[-3:]) < 0.7 * sum(losses[:3]), [round(v, 2) for v in losses]
+    assert sum(losses[-8:]) < 0.75 * sum(losses[:8]), [round(v, 2) for v in losses]
 
 
 def test_bf16_autocast_step(tmp_path, teacher_weights):
@@ -233,3 +237,42 @@ def test_appearance_encoder_is_the_registered_reid_model():
     assert isinstance(model, AppearanceEncoder)
     model.eval()
     assert model(torch.randn(2, 3, 80, 40)).shape == (2, 1024)
+
+
+def test_swap_grid_png_from_a_checkpoint(tmp_path, teacher_weights):
+    """``tools/visualize.py swap`` draws G(E_s(row image), E_a(column image)) from the saved
+    E_a and generator; without the generator next to E_a it names the file it looked for."""
+    from PIL import Image
+
+    engine = dgnet_run(tmp_path, teacher_weights)
+    engine.save_model(0, 0.0, str(tmp_path / 'log'))
+    weights = str(tmp_path / 'log' / 'model' / 'model.pth.tar-1')
+    visualize = load_tool('visualize')
+    args = ['swap', '--config-file', CONFIG, '--weights', weights, '--root', str(tmp_path / 'data'),
+            '--num-images', '3', '--output', str(tmp_path / 'swap'), *TINY_SYNTHREID, *SIZE,
+            'data.workers', '0', 'use_gpu', 'False']
+    visualize.main(args)
+    grid = Image.open(tmp_path / 'swap' / 'swap_dgnet_resnet50.png')
+    assert grid.width > 3 * 4 * 20 and grid.height > 4 * 40  # 4 x 4 cells of 64x32 + titles
+
+    from projects.dgnet.swap import appearance_swap
+    images = torch.randn(3, 3, 80, 40)
+    swapped = appearance_swap(engine.model, weights, images, images[:2])
+    assert swapped.shape == (3, 2, 3, 80, 40)
+    generator = engine.generator.eval()
+    with torch.no_grad():
+        expected = generator.decode(generator.encode(images[2:3]),
+                                    engine.model.eval().encode(images[1:2])[0])
+    assert torch.allclose(swapped[2, 1], expected[0], atol=1e-5)
+
+    os.remove(tmp_path / 'log' / 'generator' / 'model.pth.tar-1')
+    with pytest.raises(SystemExit, match='generator'):
+        visualize.main(args)
+
+
+def test_benchmark_section_times_a_full_iteration(tmp_path):
+    result, md = run_benchmark_section('dgnet', tmp_path)
+    run = result['runs']['fp32']
+    assert run['dgnet_s'] > 0 and run['resnet50_s'] > 0
+    assert run['ratio'] == pytest.approx(run['dgnet_s'] / run['resnet50_s'])
+    assert '## dgnet' in md and '| fp32 |' in md

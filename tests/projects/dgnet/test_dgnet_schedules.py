@@ -1,15 +1,18 @@
-"""DG-Net's warm-up weights and learning-rate steps at chosen iterations."""
+"""DG-Net's warm-up weights at chosen iterations, as the official trainer steps them."""
 import pytest
 
-from projects.dgnet.schedules import lr_factor, warmup_weight
+from plugins.config import get_default_config
+from projects.dgnet.schedules import loss_weights, warmup_weight
+
+START, STEP = 30000, 5e-4  # configs/latest.yaml: warm_iter, warm_teacher_iter, warm_scale
 
 
 @pytest.mark.parametrize('iteration, code_w, cycle_w', [
     (0, 0.0, 0.0), (30000, 0.0, 0.0), (30001, 5e-4, 5e-4), (31000, 0.5, 0.5),
     (32000, 1.0, 1.0), (33000, 1.0, 1.5), (34000, 1.0, 2.0), (100000, 1.0, 2.0)])
 def test_warmup_weights_follow_the_official_increments_and_caps(iteration, code_w, cycle_w):
-    assert warmup_weight(iteration, maximum=1.0) == pytest.approx(code_w)  # recon_s_w, recon_f_w
-    assert warmup_weight(iteration, maximum=2.0) == pytest.approx(cycle_w)  # cycle, teacher
+    assert warmup_weight(iteration, 1.0, START, STEP) == pytest.approx(code_w)  # recon_s_w, recon_f_w
+    assert warmup_weight(iteration, 2.0, START, STEP) == pytest.approx(cycle_w)  # cycle, teacher
 
 
 def test_a_resumed_run_has_the_weight_the_uninterrupted_one_had():
@@ -21,10 +24,25 @@ def test_a_resumed_run_has_the_weight_the_uninterrupted_one_had():
             weight = min(weight + 5e-4, 2.0)
         official[iteration] = weight
     for iteration in (30500, 31234, 33999, 34499):
-        assert warmup_weight(iteration, maximum=2.0) == pytest.approx(official[iteration])
+        assert warmup_weight(iteration, 2.0, START, STEP) == pytest.approx(official[iteration])
 
 
-@pytest.mark.parametrize('iteration, factor', [(0, 1.0), (59999, 1.0), (60000, 0.1),
-                                               (89999, 0.1), (90000, 0.01), (100000, 0.01)])
-def test_learning_rate_drops_tenfold_at_60k_and_90k(iteration, factor):
-    assert lr_factor(iteration) == pytest.approx(factor)
+@pytest.mark.parametrize('iteration, expected', [
+    (0, {'recon_x': 5, 'recon_xp': 5, 'id': 1, 'pid': 1, 'recon_id': 0.5, 'recon_s': 0, 'recon_f': 0,
+         'recon_cyc': 0, 'teacher': 0, 'fine': 0, 'id_fine': 0}),
+    (31000, {'recon_s': 0.5, 'recon_f': 0.5, 'recon_cyc': 0.5, 'teacher': 0.5, 'fine': 0.1,
+             'id_fine': 0.1}),
+    (40000, {'recon_s': 1, 'recon_f': 1, 'recon_cyc': 2, 'teacher': 2, 'fine': 0.4, 'id_fine': 0.4}),
+])
+def test_every_weight_of_the_official_recipe(iteration, expected):
+    """latest.yaml: fine-grained terms weigh teacher_w * B_w (0.2); the KL teacher_w * T_w (1)."""
+    weights = loss_weights(get_default_config().dgnet, iteration)
+    assert {k: weights[k] for k in expected} == pytest.approx(expected)
+
+
+def test_without_a_teacher_only_the_real_images_fine_grained_term_warms_up():
+    cfg = get_default_config().dgnet
+    cfg.use_teacher = False
+    weights = loss_weights(cfg, 40000)
+    assert weights['teacher'] == weights['fine'] == 0
+    assert weights['id_fine'] == pytest.approx(0.4)
