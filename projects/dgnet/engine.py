@@ -51,8 +51,7 @@ DGNetStep.__doc__ = """One iteration's tensors: ``reals`` (x_a, x_b), ``labels``
 ``losses`` (unweighted terms by name)."""
 
 # Generator/encoder terms, weighted by :func:`.schedules.loss_weights` (the teacher's KL is the hook's).
-TERMS = ('recon_x', 'recon_xp', 'recon_s', 'recon_f', 'recon_cyc', 'id', 'id_fine', 'pid',
-         'recon_id', 'fine')
+TERMS = ('recon_x', 'recon_xp', 'recon_s', 'recon_f', 'recon_cyc', 'id', 'pid', 'recon_id', 'fine')
 
 
 def per_group(fn, images, group_size):
@@ -135,13 +134,14 @@ class DGNetEngine(PluginEngine):
     """
 
     def __init__(self, datamanager, model, optimizer, scheduler, generator, generator_optimizer,
-                 generator_scheduler, dgnet, teacher_weight=1.0, **options):
+                 generator_scheduler, dgnet, teacher_weight=1.0, seed=0, **options):
         super().__init__(datamanager, model, optimizer, scheduler, ddp=False, **options)
         self.generator = self.register_model('generator', generator, generator_optimizer,
                                              generator_scheduler)
         self.main_optimizers.append(generator_optimizer)
         self.dgnet = dgnet
         self.teacher_weight = teacher_weight
+        self.seed = seed
         self.weights = loss_weights(dgnet, 0, teacher_weight)
         self.loss_terms = [LossTerm(name, self._weight_of(name), self._loss_of(name))
                            for name in TERMS]
@@ -175,14 +175,6 @@ class DGNetEngine(PluginEngine):
         losses['recon_x'] = HALVES * l1(recon, x)
         losses['recon_xp'] = HALVES * l1(recon_p, x)
 
-        # identities of the reals and positives, on randomly erased copies
-        primary, fine = per_group(self.model, random_erase(torch.cat([x, xp]), self.dgnet.erasing_p), n)
-        logits, logits_p = primary.chunk(2)
-        losses['id'] = HALVES * F.cross_entropy(logits, labels)
-        losses['pid'] = HALVES * F.cross_entropy(logits_p, labels)
-        if w['id_fine']:
-            losses['id_fine'] = HALVES * F.cross_entropy(fine[:len(x)], labels)
-
         # the generated images seen by a frozen E_a: identity of the appearance source
         with frozen_encoder(encoder):
             f_recon, p_recon = per_group(lambda group: code_and_primary_logits(encoder, group), fakes, n)
@@ -201,21 +193,29 @@ class DGNetEngine(PluginEngine):
             student = per_group(self.model, fakes.detach(), n)
             if w['fine']:  # fine-grained mining: the identity of the structure source
                 losses['fine'] = HALVES * F.cross_entropy(student[1], swap_halves(labels))
+
+        # identities of the reals and positives, on randomly erased copies (after the fakes,
+        # as in the official step: the same order of BatchNorm running-statistics updates)
+        primary, fine = per_group(self.model, random_erase(torch.cat([x, xp]), self.dgnet.erasing_p), n)
+        logits, logits_p = primary.chunk(2)
+        losses['id'] = HALVES * (F.cross_entropy(logits, labels)
+                                 + w['id_fine'] * F.cross_entropy(fine[:len(x)], labels))
+        losses['pid'] = HALVES * F.cross_entropy(logits_p, labels)
         return DGNetStep(x, labels, fakes, logits, student, losses)
 
     def _encode_fakes_again(self, fakes):
         """Structure codes of (x_ab, x_ba): with probability ``use_encoder_again`` E_s learns
         on the detached fakes, otherwise a frozen E_s passes the gradient to G."""
         encoder = self.generator.structure_encoder
-        if float(torch.rand(())) <= self.dgnet.use_encoder_again:
+        draw = torch.Generator().manual_seed(self.seed * 1000003 + self.iteration)  # one per iteration, all ranks
+        if float(torch.rand((), generator=draw)) <= self.dgnet.use_encoder_again:
             return encoder(fakes.detach())
         with frozen(encoder):
             return encoder(fakes)
 
     def forward_backward(self, data):
-        summary = super().forward_backward(data)
-        Engine.update_lr(self)  # every registered network's schedule, once per iteration
-        return summary
+        Engine.update_lr(self)  # every network's schedule, at the start of each iteration (official)
+        return super().forward_backward(data)
 
     def update_lr(self, names=None):
         """Nothing at the end of an epoch: DG-Net's schedules step per iteration."""
@@ -223,13 +223,19 @@ class DGNetEngine(PluginEngine):
 
 def discriminator_step_loss(discriminator, engine, batch, outputs):
     """D's LSGAN loss on the detached fakes against the reals, plus the R1 penalty
-    (official ``calc_dis_loss`` for a and b), in one pass over fakes and reals."""
-    reals = outputs.reals.detach().requires_grad_()
-    scores = discriminator(torch.cat([outputs.fakes.detach(), reals]))
-    fake_scores, real_scores = zip(*(score.chunk(2) for score in scores))
-    dgnet = engine.dgnet
-    return HALVES * dgnet.gan_w * (discriminator_loss(fake_scores, real_scores)
-                                   + dgnet.r1_w * r1_penalty(real_scores, reals))
+    (official ``calc_dis_loss`` for a and b), in one pass over fakes and reals.
+
+    Under fp16 autocast D runs in fp32 here: the R1 input-gradient is not loss-scaled
+    and would underflow in half precision.
+    """
+    precision = engine.precision
+    with precision.full_precision() if precision.mode == 'fp16' else contextlib.nullcontext():
+        reals = outputs.reals.detach().float().requires_grad_()
+        scores = discriminator(torch.cat([outputs.fakes.detach().float(), reals]))
+        fake_scores, real_scores = zip(*(score.chunk(2) for score in scores))
+        dgnet = engine.dgnet
+        return HALVES * dgnet.gan_w * (discriminator_loss(fake_scores, real_scores)
+                                       + dgnet.r1_w * r1_penalty(real_scores, reals))
 
 
 def generator_step_loss(discriminator, engine, batch, outputs):
@@ -283,7 +289,8 @@ def build_dgnet_engine(cfg, datamanager, model, optimizer, scheduler):
 
     generator = Generator()
     engine = DGNetEngine(datamanager, model, optimizer, scheduler, generator, *adam(generator, d.lr_g),
-                         dgnet=d, teacher_weight=cfg.teacher.weight, **engine_options(cfg),
+                         dgnet=d, teacher_weight=cfg.teacher.weight, seed=cfg.train.seed,
+                         **engine_options(cfg),
                          metric_fns={'acc': real_accuracy})
     discriminator = MultiScaleDiscriminator()
     d_optimizer, d_scheduler = adam(discriminator, d.lr_d)

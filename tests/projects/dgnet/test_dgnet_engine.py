@@ -43,7 +43,7 @@ def hook(engine, cls):
 
 def test_one_iteration_has_every_term_and_the_official_shapes(tmp_path, teacher_weights):
     engine = dgnet_run(tmp_path, teacher_weights, *ALL_TERMS_ON)
-    engine.batch_idx = 1  # past the (zero-length) warm-up
+    engine.batch_idx = 2  # past the (zero-length) warm-up: every term on
     data = first_batch(engine)
     assert torch.equal(data['pid'][0::2], data['pid'][1::2])  # (image, positive) pairs
     engine.set_model_mode('train')
@@ -53,7 +53,7 @@ def test_one_iteration_has_every_term_and_the_official_shapes(tmp_path, teacher_
     assert step.logits.shape == (4, NUM_IDS)
     assert step.student[0].shape == step.student[1].shape == (4, NUM_IDS)
     assert set(step.losses) == {'recon_x', 'recon_xp', 'recon_s', 'recon_f', 'recon_cyc', 'id',
-                                'id_fine', 'pid', 'recon_id', 'fine'}
+                                'pid', 'recon_id', 'fine'}
     log = engine.forward_backward(data)
     assert {'teacher_kl', 'discriminator_loss', 'discriminator_adv', 'acc'} <= set(log)
     assert all(torch.isfinite(torch.as_tensor(v)) for v in log.values()), log
@@ -66,11 +66,17 @@ def test_before_the_warm_up_the_teacher_and_cycle_terms_are_not_computed(tmp_pat
     step = engine.model_outputs(engine.parse_batch(first_batch(engine)))
     assert set(step.losses) == {'recon_x', 'recon_xp', 'id', 'pid', 'recon_id'}
     assert step.student is None
+    # the fine-grained head is in the 'id' term at weight 0 (official weight_B): zero gradients,
+    # so SGD's weight decay still shrinks it, as in the official run's first 30k iterations
+    engine.model.zero_grad(set_to_none=True)
+    step.losses['id'].backward()
+    fine = engine.model.fine.classifier.weight
+    assert fine.grad is not None and not fine.grad.any()
 
 
 def test_the_d_step_trains_only_d_and_the_main_step_no_d_weight(tmp_path, teacher_weights):
     engine = dgnet_run(tmp_path, teacher_weights, *ALL_TERMS_ON)
-    engine.batch_idx = 1
+    engine.batch_idx = 2
     engine.set_model_mode('train')
     networks = {name: engine._models[name] for name in engine.get_model_names()}
     batch = engine.parse_batch(first_batch(engine))
@@ -95,7 +101,7 @@ def test_generator_terms_never_reach_the_appearance_encoder(tmp_path, teacher_we
     """E_a's code is detached and the frozen E_a that judges the fakes passes gradients only to
     the generator: reconstruction and recon_id train E_s + G alone, identity terms E_a alone."""
     engine = dgnet_run(tmp_path, teacher_weights, *ALL_TERMS_ON)
-    engine.batch_idx = 1
+    engine.batch_idx = 2
     engine.set_model_mode('train')
     for name, reaches_encoder in [('recon_x', False), ('recon_id', False), ('recon_cyc', False),
                                   ('id', True), ('fine', True)]:
@@ -175,9 +181,22 @@ def test_self_reconstruction_falls_over_a_short_run(tmp_path, teacher_weights):
 
 def test_bf16_autocast_step(tmp_path, teacher_weights):
     engine = dgnet_run(tmp_path, teacher_weights, *ALL_TERMS_ON, 'train.amp', 'bf16')
-    engine.batch_idx = 1
+    engine.batch_idx = 2
     log = amp_step(engine, first_batch(engine))
     assert 'teacher_kl' in log and 'recon_cyc' in log
+
+
+def test_fp16_discriminator_step_runs_in_fp32(tmp_path, teacher_weights):
+    """D's step (and its R1 input-gradient, which no loss scale protects) leaves fp16 autocast:
+    D trains from the first step, while the joint E_a + G scaler may still be backing off."""
+    engine = dgnet_run(tmp_path, teacher_weights, *ALL_TERMS_ON, 'train.amp', 'fp16')
+    engine.batch_idx = 2
+    engine.set_model_mode('train')
+    d_before = snapshot(engine._models['discriminator'])
+    log = engine.forward_backward(first_batch(engine))
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in log.values()), log
+    assert log['discriminator_loss'].dtype == torch.float32
+    assert changed(d_before, engine._models['discriminator'])
 
 
 @pytest.mark.parametrize('opts, message', [
@@ -201,10 +220,11 @@ def test_a_missing_teacher_file_is_named(tmp_path, teacher_weights):
 def test_without_a_teacher_the_fine_head_still_warms_up(tmp_path, teacher_weights):
     engine = dgnet_run(tmp_path, '', *ALL_TERMS_ON, 'dgnet.use_teacher', 'False')
     assert not any(isinstance(h, TeacherDistillationHook) for h in engine.hooks)
-    engine.batch_idx = 1
+    engine.batch_idx = 2
     engine.set_model_mode('train')
     step = engine.model_outputs(engine.parse_batch(first_batch(engine)))
-    assert 'id_fine' in step.losses and 'fine' not in step.losses and step.student is None
+    assert engine.weights['id_fine'] > 0 and engine.weights['fine'] == engine.weights['teacher'] == 0
+    assert 'fine' not in step.losses and step.student is None
 
 
 def test_random_erasing_fills_one_rectangle_with_zeros():

@@ -30,12 +30,17 @@ def test_a_resumed_run_has_the_weight_the_uninterrupted_one_had():
 @pytest.mark.parametrize('iteration, expected', [
     (0, {'recon_x': 5, 'recon_xp': 5, 'id': 1, 'pid': 1, 'recon_id': 0.5, 'recon_s': 0, 'recon_f': 0,
          'recon_cyc': 0, 'teacher': 0, 'fine': 0, 'id_fine': 0}),
+    (30001, {'recon_s': 0, 'recon_cyc': 0, 'teacher': 0, 'fine': 0, 'id_fine': 0}),
+    (30002, {'recon_s': 1e-3, 'recon_cyc': 1e-3, 'teacher': 1e-3, 'fine': 2e-4, 'id_fine': 1e-4}),
     (31000, {'recon_s': 0.5, 'recon_f': 0.5, 'recon_cyc': 0.5, 'teacher': 0.5, 'fine': 0.1,
-             'id_fine': 0.1}),
+             'id_fine': 0.0999}),
     (40000, {'recon_s': 1, 'recon_f': 1, 'recon_cyc': 2, 'teacher': 2, 'fine': 0.4, 'id_fine': 0.4}),
 ])
 def test_every_weight_of_the_official_recipe(iteration, expected):
-    """latest.yaml: fine-grained terms weigh teacher_w * B_w (0.2); the KL teacher_w * T_w (1)."""
+    """latest.yaml: fine-grained terms weigh teacher_w * B_w (0.2); the KL teacher_w * T_w (1).
+    The official trainer computes a warming-up term only once its weight before the
+    iteration's increment is positive, and weighs it with the weight after; the real
+    images' fine-grained term (weight_B) reads the weight before the increment."""
     weights = loss_weights(get_default_config().dgnet, iteration)
     assert {k: weights[k] for k in expected} == pytest.approx(expected)
 
