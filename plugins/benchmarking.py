@@ -391,8 +391,14 @@ def bench_models(args, previous, save):
             continue
         run_dir = osp.join(args.out_dir, 'runs', name)
         opts = run_opts(args, run_dir)
-        cfg = setup_config(config_file, opts, root=args.root)
-        engine = build_run(cfg, verbose=False)
+        try:
+            cfg = setup_config(config_file, opts, root=args.root)
+            engine = build_run(cfg, verbose=False)
+        except (KeyError, TypeError, ValueError, FileNotFoundError) as err:  # e.g. DG-Net's teacher
+            entry.update(status='not run', error=str(err.args[0] if err.args else err))
+            print('[{}/{}] {}: not run: {}'.format(index + 1, len(args.configs), name, entry['error']))
+            save(result)
+            continue
         entry['model'] = cfg.model.name
 
         def progress(state):
@@ -456,7 +462,10 @@ def markdown_models(result):
              '',
              '| ' + ' | '.join(c for c, _ in MODEL_COLUMNS) + ' |',
              '|' + '---|' * 2 + '---:|' * (len(MODEL_COLUMNS) - 2)]
-    lines += [_model_row(name, run) for name, run in runs.items()]
+    lines += [_model_row(name, run) for name, run in runs.items() if run['status'] != 'not run']
+    lines += ['', 'Not run:'] if any(run['status'] == 'not run' for run in runs.values()) else []
+    lines += ['- {}: {}'.format(name, run['error']) for name, run in runs.items()
+              if run['status'] == 'not run']
     return '\n'.join(lines)
 
 

@@ -75,3 +75,17 @@ def test_call_in_subprocess_returns_the_child_result_and_reports_a_dead_child():
     assert call_in_subprocess(math.hypot, 3.0, 4.0) == 5.0
     with pytest.raises(RuntimeError, match='sqrt failed in its subprocess'):
         call_in_subprocess(math.sqrt, -1.0)
+
+
+def test_models_section_lists_a_config_it_cannot_build_and_goes_on(tmp_path):
+    """DG-Net's config needs a trained teacher: the comparison records why it did not run it
+    (no cell is filled) instead of stopping."""
+    dgnet = os.path.join(REPO, 'configs', 'dgnet', 'dgnet_resnet50_synthreid.yaml')
+    load_tool('benchmark').main(['--sections', 'models', '--configs', dgnet, '--epochs', '1',
+                                 '--root', str(tmp_path / 'data'), '--out-dir', str(tmp_path / 'out'),
+                                 '--opts', *TINY[:-2], 'data.height', '80', 'data.width', '40'])
+    run = json.loads((tmp_path / 'out' / 'benchmark.json').read_text())['sections']['models']['runs'][
+        'dgnet_resnet50_synthreid']
+    assert run['status'] == 'not run' and 'teacher.weights' in run['error'] and 'rank1' not in run
+    markdown = (tmp_path / 'out' / 'benchmark.md').read_text()
+    assert 'Not run:' in markdown and '- dgnet_resnet50_synthreid: ' in markdown

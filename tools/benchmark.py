@@ -31,7 +31,8 @@ from plugins.benchmarking import BENCHMARKS, MARKET_SIZE  # importing plugins lo
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 QUICK_SIZE = (300, 1500)
-DEFAULT_CONFIGS = sorted(glob.glob(osp.join(REPO_ROOT, 'configs', '*', '*_synthreid.yaml')))
+DEFAULT_CONFIGS = sorted(c for c in glob.glob(osp.join(REPO_ROOT, 'configs', '*', '*_synthreid.yaml'))
+                         if not osp.basename(c).startswith('_'))  # not the shared bases
 
 
 def parse_args(argv=None):
