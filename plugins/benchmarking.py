@@ -104,6 +104,25 @@ def peak_rss_mib():
     return _proc_status_mib('VmHWM')
 
 
+def time_with_peak_memory(fn, device, steps=5, warmup=2, above_current=False):
+    """Median time of ``fn()`` (seconds) and the memory its calls reach (MiB).
+
+    On a GPU: the peak allocated CUDA memory, or its excess over what was allocated
+    before with ``above_current``. On the CPU: the growth of the process's peak
+    resident memory (meaningful in a fresh process).
+    """
+    cuda = torch.device(device).type == 'cuda'
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() if above_current else 0
+    else:
+        base = reset_peak_rss()
+    seconds = median_time(fn, steps=steps, warmup=warmup, sync=torch.cuda.synchronize if cuda else None)
+    peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20 if cuda else peak_rss_mib() - base
+    return seconds, peak
+
+
 def measure_costs(engine, cfg, onnx_path=None, steps=5):
     """Parameters, FLOPs, train-step time and memory, inference speed (PyTorch, onnxruntime).
 
@@ -119,12 +138,7 @@ def measure_costs(engine, cfg, onnx_path=None, steps=5):
     batch = pk_batch(bs, h, w, engine.datamanager.num_train_pids, device, cfg.sampler.num_instances)
 
     engine.set_model_mode('train')
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats()
-    rss_before = reset_peak_rss() if device.type != 'cuda' else 0.0
-    step_s = median_time(lambda: engine.forward_backward(batch), steps=steps, sync=sync)
-    step_mem = (torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == 'cuda'
-                else peak_rss_mib() - rss_before)
+    step_s, step_mem = time_with_peak_memory(lambda: engine.forward_backward(batch), device, steps)
 
     engine.set_model_mode('eval')
     with torch.no_grad():

@@ -14,7 +14,7 @@ import tempfile
 import torch
 
 import plugins
-from plugins.benchmarking import median_time, peak_rss_mib, reset_peak_rss, step_engine
+from plugins.benchmarking import median_time, step_engine, time_with_peak_memory
 from plugins.checkpoint import save_checkpoint
 
 BATCH, HEIGHT, WIDTH, NUM_CLASSES = 32, 256, 128, 751
@@ -31,24 +31,6 @@ def pair_batch(batch_size, height, width, num_classes, device):
             'pid': pids.to(device), 'camid': torch.zeros(batch_size, dtype=torch.long)}
 
 
-def _sync(use_gpu):
-    return torch.cuda.synchronize if use_gpu else None
-
-
-def _reset_peak(use_gpu):
-    if use_gpu:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        return 0.0
-    return reset_peak_rss()
-
-
-def _peak_mib(use_gpu, start):
-    if use_gpu:
-        return torch.cuda.max_memory_allocated() / 2 ** 20
-    return peak_rss_mib() - start
-
-
 def bench_dgnet(batch_size, height, width, amp, use_gpu, steps, teacher_path):
     torch.manual_seed(0)
     model = plugins.build_model('dgnet_resnet50', NUM_CLASSES, pretrained=False)
@@ -60,10 +42,9 @@ def bench_dgnet(batch_size, height, width, amp, use_gpu, steps, teacher_path):
     engine.set_model_mode('train')
     engine.batch_idx = 2  # past the warm-ups (of length 0): every term is computed
     engine.forward_backward(batch)
-    start = _reset_peak(use_gpu)
-    seconds = median_time(lambda: engine.forward_backward(batch), steps=steps, warmup=1,
-                          sync=_sync(use_gpu))
-    return seconds, _peak_mib(use_gpu, start)
+    if use_gpu:
+        torch.cuda.empty_cache()
+    return time_with_peak_memory(lambda: engine.forward_backward(batch), engine.device, steps, warmup=1)
 
 
 def bench_resnet50(batch_size, height, width, amp, use_gpu, steps):
@@ -73,7 +54,7 @@ def bench_resnet50(batch_size, height, width, amp, use_gpu, steps):
     batch = pair_batch(batch_size, height, width, NUM_CLASSES, engine.device)
     engine.set_model_mode('train')
     return median_time(lambda: engine.forward_backward(batch), steps=steps, warmup=2,
-                       sync=_sync(use_gpu))
+                       sync=torch.cuda.synchronize if use_gpu else None)
 
 
 def run(args, previous, save):

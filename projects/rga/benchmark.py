@@ -17,8 +17,7 @@ import contextlib
 import torch
 
 import plugins
-from plugins.benchmarking import (call_in_subprocess, median_time, peak_rss_mib, pk_batch,
-                                  reset_peak_rss, step_engine)
+from plugins.benchmarking import call_in_subprocess, pk_batch, step_engine, time_with_peak_memory
 
 from .reference import reference_rga
 
@@ -55,21 +54,12 @@ def measure_step(model_name, oracle, device, batch_size, precision, height, widt
     engine = step_engine(model, NUM_CLASSES, 'triplet', use_gpu=device == 'cuda')
     batch = pk_batch(batch_size, height, width, NUM_CLASSES, engine.device)
     engine.set_model_mode('train')
-    cuda = device == 'cuda'
     autocast = (torch.autocast(device, dtype=torch.bfloat16) if precision == 'bf16'
                 else contextlib.nullcontext())
     with (reference_rga(model) if oracle else contextlib.nullcontext()), autocast:
         engine.forward_backward(batch)  # first step: allocations, cuDNN choices
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        else:
-            base = reset_peak_rss()
-        step_s = median_time(lambda: engine.forward_backward(batch), steps=steps, warmup=1,
-                             sync=torch.cuda.synchronize if cuda else None)
-        peak = (torch.cuda.max_memory_allocated() if cuda else None)
-    mem_mib = (peak - base) / 2 ** 20 if cuda else peak_rss_mib() - base
+        step_s, mem_mib = time_with_peak_memory(lambda: engine.forward_backward(batch), device,
+                                                steps, warmup=1, above_current=True)
     return {'step_ms': 1e3 * step_s, 'mem_mib': mem_mib, 'threads': torch.get_num_threads()}
 
 
