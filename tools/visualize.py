@@ -253,7 +253,11 @@ def run_swap(args):
             query.append(V._image_path(entry))
         if len(query) == args.num_images:
             break
-    images = torch.stack([dm.preprocess_pil_img(Image.open(p).convert('RGB')) for p in query])
+    try:
+        originals = [V.read_rgb(p) for p in query]
+    except ValueError as err:
+        raise UserError(err.args[0]) from None
+    images = torch.stack([dm.preprocess_pil_img(Image.fromarray(img)) for img in originals])
     images = images.to(device_of(model))
     try:
         with torch.no_grad():
