@@ -45,6 +45,28 @@ def median_time(fn, steps=5, warmup=2, sync=None):
     return float(np.median(times))
 
 
+def interleaved_times(fns, steps=5, warmup=1, sync=None):
+    """Median wall time of each of ``fns``, timed in alternating rounds, and per-round ratios.
+
+    Round r runs every function once (in rotated order), so a slow spell of a
+    shared machine hits all of them alike; ``ratios[k]`` is the median over
+    rounds of ``time(fns[k]) / time(fns[0])``, steadier than a ratio of medians
+    measured one after the other. Returns ``(medians, ratios)``.
+    """
+    times = [[] for _ in fns]
+    for r in range(warmup + steps):
+        for k in [(r + i) % len(fns) for i in range(len(fns))]:
+            start = time.perf_counter()
+            fns[k]()
+            if sync is not None:
+                sync()
+            if r >= warmup:
+                times[k].append(time.perf_counter() - start)
+    medians = [float(np.median(t)) for t in times]
+    ratios = [float(np.median([a / b for a, b in zip(t, times[0])])) for t in times]
+    return medians, ratios
+
+
 def pk_batch(batch_size, height, width, num_classes, device, num_instances=4):
     """A fixed random batch laid out as P identities x K images, so every loss is defined."""
     g = torch.Generator().manual_seed(0)
@@ -335,6 +357,9 @@ def train_for_budget(engine, cfg, epochs, run_dir, state, on_epoch=None):
 
 
 def _call_and_put(fn, args, queue):
+    from .launch import keep_freed_host_memory
+
+    keep_freed_host_memory()  # the allocator setting of the benchmark's own process
     queue.put(fn(*args))
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from plugins.benchmarking import BENCHMARKS, MARKET_SIZE  # importing plugins loads projects' sections
+from plugins.launch import keep_freed_host_memory
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 QUICK_SIZE = (300, 1500)
@@ -71,8 +72,10 @@ def parse_args(argv=None):
     return args
 
 
-def environment():
+def environment(host_memory_kept):
     return {
+        'host_allocator': ('glibc, freed memory kept (plugins.launch.keep_freed_host_memory)'
+                           if host_memory_kept else 'default settings'),
         'date': time.strftime('%Y-%m-%d %H:%M:%S'),
         'command': ' '.join([osp.basename(sys.argv[0])] + sys.argv[1:]),
         'python': platform.python_version(),
@@ -114,7 +117,8 @@ def write_outputs(report, out_dir):
     os.replace(osp.join(out_dir, 'benchmark.json.part'), osp.join(out_dir, 'benchmark.json'))
     env = report['meta']
     header = ('# Benchmark\n\n`{command}`\n\n{date}; torch {torch}, numpy {numpy}, Python {python}, '
-              'device {device}, {torch_threads} torch threads, {cpu_count} CPUs.\n').format(**env)
+              'device {device}, {torch_threads} torch threads, {cpu_count} CPUs; host allocator: '
+              '{host_allocator}.\n').format(**env)
     tables = [BENCHMARKS.get(name).markdown(result)
               for name, result in report['sections'].items() if result]
     with open(osp.join(out_dir, 'benchmark.md'), 'w') as f:
@@ -128,7 +132,7 @@ def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.out_dir, exist_ok=True)
     json_path = osp.join(args.out_dir, 'benchmark.json')
-    report = {'meta': environment(), 'sections': {}}
+    report = {'meta': environment(keep_freed_host_memory()), 'sections': {}}
     if args.resume and osp.isfile(json_path):
         with open(json_path) as f:
             report['sections'] = json.load(f)['sections']

@@ -5,26 +5,31 @@ ReID terms + critic value, backward, SGD step, critic step) against the same
 network trained without the critic (``triplet`` engine: attention forward,
 CE + triplet, backward, step), for both agent kinds, on one fixed PK batch.
 Target: the SCAL step at most 1.6x the plain one (the no-attention pass is a
-gradient-free forward, far cheaper than a second training pass).
+gradient-free forward, far cheaper than a second training pass). The two steps
+alternate (:func:`plugins.benchmarking.interleaved_times`) and the ratio is the
+median of per-round ratios, so load on a shared machine affects both alike.
 """
 import torch
 
 import plugins
-from plugins.benchmarking import median_time, pk_batch, step_engine
+from plugins.benchmarking import interleaved_times, pk_batch, step_engine
 
 BATCH, HEIGHT, WIDTH, NUM_CLASSES = 16, 256, 128, 751
 QUICK = (8, 64, 32)
 MODELS = ('scal_channel_resnet50', 'scal_spatial_resnet50')
+ENGINES = ('triplet', 'scal')  # without the critic, with it
+STEPS = 7
 
 
-def bench_step(model_name, engine_name, batch_size, height, width, steps):
+def step_fn(model_name, engine_name, batch_size, height, width):
+    """One ``forward_backward`` of a freshly built model on a fixed PK batch (CPU)."""
     torch.manual_seed(0)
     model = plugins.build_model(model_name, NUM_CLASSES, loss='triplet', pretrained=False,
                                 use_gpu=False, height=height, width=width)
     engine = step_engine(model, NUM_CLASSES, engine_name)
     batch = pk_batch(batch_size, height, width, NUM_CLASSES, engine.device)
     engine.set_model_mode('train')
-    return median_time(lambda: engine.forward_backward(batch), steps=steps, warmup=1)
+    return lambda: engine.forward_backward(batch)
 
 
 def run(args, previous, save):
@@ -34,9 +39,9 @@ def run(args, previous, save):
                                'threads': torch.get_num_threads(), 'runs': {}})
     for name in MODELS[:1] if quick else MODELS:
         if name not in result['runs']:
-            plain = bench_step(name, 'triplet', batch_size, height, width, 1 if quick else 5)
-            scal = bench_step(name, 'scal', batch_size, height, width, 1 if quick else 5)
-            result['runs'][name] = {'plain_s': plain, 'scal_s': scal, 'ratio': scal / plain}
+            steps = [step_fn(name, engine, batch_size, height, width) for engine in ENGINES]
+            (plain, scal), (_, ratio) = interleaved_times(steps, steps=1 if quick else STEPS)
+            result['runs'][name] = {'plain_s': plain, 'scal_s': scal, 'ratio': ratio}
             save(result)
     return result
 
@@ -49,7 +54,7 @@ def markdown(result):
              '(`triplet` engine); "SCAL": plus the no-attention pass, rewards, -V term and the '
              'critic step (`scal` engine).'.format(**result),
              '',
-             '| model | without critic (s) | SCAL (s) | ratio |', '|---|---:|---:|---:|']
+             '| model | without critic (s) | SCAL (s) | ratio (median of rounds) |', '|---|---:|---:|---:|']
     for name, r in result.get('runs', {}).items():
         lines.append('| {} | {:.2f} | {:.2f} | {:.2f}x |'.format(name, r['plain_s'], r['scal_s'],
                                                                 r['ratio']))

@@ -5,7 +5,9 @@ One training step (paper Sec. 3.3):
 1. forward with attention: logits (and pooled feature), the five attention maps;
 2. the same network **without attention** (every agent's output replaced by 1),
    under ``no_grad`` with batch statistics and untouched BN running estimates:
-   the reference for the amelioration reward;
+   the reference for the amelioration reward; it reuses the stem's output (the
+   first agent comes after the stem), in the same ``model(...)`` call so that a
+   DDP wrapper sees one forward;
 3. rewards per image, constants (eqs. 4-6): ``R_c = 1`` if the attention-based
    prediction is right, ``R_a = 1`` if attention raised the true-class
    probability, ``R = R_c + R_a``;
@@ -25,7 +27,6 @@ import torch.nn.functional as F
 
 from plugins import CriticUpdateHook, PluginEngine
 from plugins.engine import accuracy, engine_options, logits_of, reid_loss_terms, unwrap_model
-from plugins.hooks import batchnorm_stats_frozen
 
 from .model import Critic
 
@@ -52,9 +53,8 @@ class SCALEngine(PluginEngine):
     """:class:`plugins.PluginEngine` whose forward also yields attention maps and rewards."""
 
     def model_outputs(self, batch):
-        outputs, attention, feature = self.model(batch['img'], return_attention=True)
-        with torch.no_grad(), batchnorm_stats_frozen(self.model):
-            plain = self.model(batch['img'], attention=False)
+        outputs, attention, feature, plain = self.model(batch['img'], return_attention=True,
+                                                        with_reference=True)
         reward, r_c, r_a = rewards(logits_of(outputs), logits_of(plain), batch['pid'])
         batch[STEP_KEY] = SCALStep(attention, feature, reward, r_c, r_a)
         return outputs

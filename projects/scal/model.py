@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from plugins.backbones import ResNetTrunk
 from plugins.heads import ReIDHead
+from plugins.hooks import batchnorm_stats_frozen
 from plugins.models import model_builder
 
 KINDS = ('spatial', 'channel')
@@ -105,21 +106,42 @@ class SCALNet(nn.Module):
                 'width={} (data.height, data.width) or resize the images'.format(
                     self.height, self.width, x.shape[-2], x.shape[-1], x.shape[-2], x.shape[-1]))
 
-    def featuremaps(self, x, return_attention=False, attention=True):
-        self.check_input(x)
+    def _stages(self, x, attention):
+        """From the stem's output: agent 1, then each stage followed by its agent; (map, maps)."""
         maps = []
-        for block, agent in zip([self.trunk.stem, *self.trunk.stages], self.agents):
-            x = block(x)
+        for k, agent in enumerate(self.agents):
+            if k:
+                x = self.trunk.stages[k - 1](x)
             if attention:
                 a = agent(x)
                 x = agent.reweight(x, a)
                 maps.append(a)
+        return x, maps
+
+    def featuremaps(self, x, return_attention=False, attention=True):
+        self.check_input(x)
+        x, maps = self._stages(self.trunk.stem(x), attention)
         return (x, maps) if return_attention else x
 
-    def forward(self, x, return_featuremaps=False, return_attention=False, attention=True):
-        maps, att = self.featuremaps(x, return_attention=True, attention=attention)
+    def forward(self, x, return_featuremaps=False, return_attention=False, attention=True,
+                with_reference=False):
+        """``with_reference`` (with ``return_attention``) appends the no-attention output.
+
+        That reference (the amelioration reward's, eq. 5) shares the stem, which
+        precedes the first agent, and runs the rest without gradient and with
+        batch statistics that do not update BN running estimates.
+        """
+        self.check_input(x)
+        stem = self.trunk.stem(x)
+        maps, att = self._stages(stem, attention)
         out = maps if return_featuremaps else self.head(maps)
-        return (out, att, self.head.pool(maps).flatten(1)) if return_attention else out
+        if not return_attention:
+            return out
+        result = (out, att, self.head.pool(maps).flatten(1))
+        if with_reference:
+            with torch.no_grad(), batchnorm_stats_frozen(self):
+                result += (self.head(self._stages(stem, attention=False)[0]),)
+        return result
 
 
 class Critic(nn.Module):

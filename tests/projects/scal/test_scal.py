@@ -125,20 +125,26 @@ def test_critic_mse_falls_on_a_fixed_batch():
     assert sum(mses[-5:]) / 5 < 0.25 * mses[0]
 
 
-def test_no_attention_pass_leaves_batchnorm_statistics_alone():
+def test_reference_pass_shares_the_stem_and_leaves_batchnorm_statistics_alone():
     engine = make_engine()
     batch = engine.parse_batch(pk_batch())
     engine.set_model_mode('train')
-    with torch.no_grad():
-        reference = snapshot(engine.model)
-        engine.model(batch['img'], return_attention=True)
-        after_main = snapshot(engine.model)
-        assert changed(reference, engine.model)  # the main forward updates running stats
-        with batchnorm_stats_frozen(engine.model):
-            engine.model(batch['img'], attention=False)
-        assert not changed(after_main, engine.model)
-        assert all(m.momentum == 0.1 for m in engine.model.modules()
-                   if isinstance(m, torch.nn.BatchNorm2d))
+    separate = copy.deepcopy(engine.model)
+    reference = snapshot(engine.model)
+    outputs, attention, feature, plain = engine.model(batch['img'], return_attention=True,
+                                                      with_reference=True)
+    # the reference equals a separate no-attention pass with batch statistics
+    with torch.no_grad(), batchnorm_stats_frozen(separate):
+        expected = separate(batch['img'], attention=False)
+    for got, want in zip(plain, expected):  # (logits, feature) of the triplet head
+        assert torch.allclose(got, want, atol=1e-4)
+    assert not plain[0].requires_grad and outputs[0].requires_grad
+    # the main forward updated the running statistics once, the reference not at all
+    separate(batch['img'])
+    assert changed(reference, engine.model)
+    assert not changed(snapshot(separate), engine.model)
+    assert all(m.momentum == 0.1 for m in engine.model.modules()
+               if isinstance(m, torch.nn.BatchNorm2d))
 
 
 def test_a_step_logs_every_term_and_reward():

@@ -1,0 +1,49 @@
+"""``plugins.launch.keep_freed_host_memory``: freed step buffers stay with the process."""
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='glibc mallopt only')
+
+PROBE = r'''
+import sys
+import torch
+from plugins.launch import keep_freed_host_memory
+
+def rss_mib():
+    with open('/proc/self/status') as f:
+        return next(int(l.split()[1]) for l in f if l.startswith('VmRSS:')) / 1024
+
+applied = keep_freed_host_memory() if sys.argv[1] == 'keep' else False
+x = torch.ones(16 << 18)  # 16 MiB of float32, touched
+held = rss_mib()
+del x
+print(applied, held - rss_mib())
+'''
+
+
+def released_after_free(mode, **env):
+    out = subprocess.run([sys.executable, '-c', PROBE, mode], cwd=REPO, check=True,
+                         capture_output=True, text=True,
+                         env={**os.environ, 'PYTHONPATH': REPO, **env}).stdout.split()
+    return out[0] == 'True', float(out[1])
+
+
+def test_freed_buffer_is_kept_for_reuse():
+    applied, released = released_after_free('keep')
+    assert applied and released < 2
+
+
+def test_glibc_defaults_return_the_buffer_to_the_kernel():
+    applied, released = released_after_free('default')
+    assert not applied and released > 12
+
+
+def test_user_malloc_settings_win():
+    applied, released = released_after_free('keep', MALLOC_TRIM_THRESHOLD_='0')
+    assert not applied and released > 12
