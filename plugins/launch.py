@@ -68,8 +68,8 @@ def keep_freed_host_memory():
     trim) and are page-faulted in again next step: on a CPU that is system time in every
     step, and extra passes (SCAL's no-attention forward, DG-Net's decodes) pay it most
     (SCAL benchmark, 2 cores: 15 s of system time and a 1.55x step ratio, 7 s and 1.38x
-    with this). CUDA's caching allocator does the same for device memory. The peak is
-    unchanged; the resident size just does not shrink between steps.
+    with this). CUDA's caching allocator does the same for device memory. The peak did
+    not rise where measured; the resident size just does not shrink between steps.
 
     Leaves the allocator alone when the user set ``MALLOC_TRIM_THRESHOLD_`` or
     ``MALLOC_MMAP_THRESHOLD_``, and off glibc. Returns True when applied.
