@@ -39,8 +39,8 @@ def run(args, previous, save):
                                'threads': torch.get_num_threads(), 'runs': {}})
     for name in MODELS[:1] if quick else MODELS:
         if name not in result['runs']:
-            steps = [step_fn(name, engine, batch_size, height, width) for engine in ENGINES]
-            (plain, scal), (_, ratio) = interleaved_times(steps, steps=1 if quick else STEPS)
+            fns = [step_fn(name, engine, batch_size, height, width) for engine in ENGINES]
+            (plain, scal), (_, ratio) = interleaved_times(fns, steps=1 if quick else STEPS)
             result['runs'][name] = {'plain_s': plain, 'scal_s': scal, 'ratio': ratio}
             save(result)
     return result

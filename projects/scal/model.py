@@ -70,13 +70,14 @@ class SpatialAgent(nn.Module):
 class SCALNet(nn.Module):
     """ResNet-50 (last stride 1) + five attention agents + BNNeck head.
 
-    ``forward(x, return_featuremaps=False, return_attention=False, attention=True)``:
-    torchreid's contract (eval: pooled feature; training: logits or
-    ``(logits, pooled feature)``); ``return_attention`` returns
+    ``forward(x, return_featuremaps=False, return_attention=False, attention=True,
+    with_reference=False)``: torchreid's contract (eval: pooled feature; training:
+    logits or ``(logits, pooled feature)``); ``return_attention`` returns
     ``(output, attention maps, pooled feature)``, what the critic reads (the five
     attention tensors and X); ``attention=False`` runs the same network with
     every agent's output replaced by 1 (the paper's "without attention"
-    prediction behind the amelioration reward).
+    prediction behind the amelioration reward); ``with_reference`` appends that
+    prediction to the ``return_attention`` tuple, computed from the shared stem.
     """
 
     def __init__(self, num_classes, loss='softmax', kind='channel', height=256, width=128,
@@ -131,6 +132,9 @@ class SCALNet(nn.Module):
         precedes the first agent, and runs the rest without gradient and with
         batch statistics that do not update BN running estimates.
         """
+        if with_reference and (not return_attention or return_featuremaps):
+            raise ValueError('with_reference=True needs return_attention=True and '
+                             'return_featuremaps=False (the reference is the head output)')
         self.check_input(x)
         stem = self.trunk.stem(x)
         maps, att = self._stages(stem, attention)

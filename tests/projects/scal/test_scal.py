@@ -131,8 +131,11 @@ def test_reference_pass_shares_the_stem_and_leaves_batchnorm_statistics_alone():
     engine.set_model_mode('train')
     separate = copy.deepcopy(engine.model)
     reference = snapshot(engine.model)
+    stem_calls = []
+    engine.model.trunk.stem.register_forward_hook(lambda *args: stem_calls.append(1))
     outputs, attention, feature, plain = engine.model(batch['img'], return_attention=True,
                                                       with_reference=True)
+    assert len(stem_calls) == 1  # one stem pass feeds both
     # the reference equals a separate no-attention pass with batch statistics
     with torch.no_grad(), batchnorm_stats_frozen(separate):
         expected = separate(batch['img'], attention=False)
@@ -143,8 +146,10 @@ def test_reference_pass_shares_the_stem_and_leaves_batchnorm_statistics_alone():
     separate(batch['img'])
     assert changed(reference, engine.model)
     assert not changed(snapshot(separate), engine.model)
-    assert all(m.momentum == 0.1 for m in engine.model.modules()
-               if isinstance(m, torch.nn.BatchNorm2d))
+    norms = [m for m in engine.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(m.momentum == 0.1 and m.num_batches_tracked == 1 for m in norms)
+    with pytest.raises(ValueError, match='return_attention'):
+        engine.model(batch['img'], with_reference=True)
 
 
 def test_a_step_logs_every_term_and_reward():
