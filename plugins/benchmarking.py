@@ -34,15 +34,7 @@ def register_benchmark(name, run, markdown):
 
 def median_time(fn, steps=5, warmup=2, sync=None):
     """Median wall time of ``fn()`` in seconds after ``warmup`` untimed calls."""
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        fn()
-        if sync is not None:
-            sync()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return interleaved_times([fn], steps=steps, warmup=warmup, sync=sync)[0][0]
 
 
 def interleaved_times(fns, steps=5, warmup=1, sync=None):

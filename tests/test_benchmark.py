@@ -5,7 +5,8 @@ import os
 import pytest
 from PIL import Image
 
-from plugins.benchmarking import latest_checkpoint, train_for_budget
+from plugins import benchmarking
+from plugins.benchmarking import interleaved_times, latest_checkpoint, median_time, train_for_budget
 from plugins.launch import build_run, setup_config
 from tests.conftest import REPO, TINY_SYNTHREID, load_tool
 
@@ -89,3 +90,21 @@ def test_models_section_lists_a_config_it_cannot_build_and_goes_on(tmp_path):
     assert run['status'] == 'not run' and 'teacher.weights' in run['error'] and 'rank1' not in run
     markdown = (tmp_path / 'out' / 'benchmark.md').read_text()
     assert 'Not run:' in markdown and '- dgnet_resnet50_synthreid: ' in markdown
+
+
+def test_interleaved_times_alternate_the_order_and_pair_ratios_by_round(monkeypatch):
+    """On a fake clock: fn 1 costs twice fn 0, and a slow spell in round 2 doubles both."""
+    clock, calls = [0.0], []
+    monkeypatch.setattr(benchmarking.time, 'perf_counter', lambda: clock[0])
+
+    def costing(k, cost):
+        def fn():
+            calls.append(k)
+            clock[0] += cost * (2 if len(calls) in (5, 6) else 1)  # round 2 (warm-up is round 0)
+        return fn
+
+    medians, ratios = interleaved_times([costing(0, 1.0), costing(1, 2.0)], steps=3, warmup=1)
+    assert calls == [0, 1, 1, 0, 0, 1, 1, 0]  # each round starts with the next function
+    assert medians == [1.0, 2.0] and ratios == [1.0, 2.0]
+    calls.clear()
+    assert median_time(costing(0, 1.0), steps=3, warmup=2) == 1.0 and len(calls) == 5

@@ -26,7 +26,7 @@ CPU_SCALE_OVERRIDES = {
     # against a chance of 1.9%, train accuracy 14%; measured), RGA-S does (9.1%): train RGA-S.
     'rga_sc_resnet50_scratch_market1501.yaml': ['model.name', 'rga_s_resnet50'],
     # DG-Net: its structure encoder needs at least 37 pixels a side (80x40) and an iteration costs
-    # about ten resnet50 steps: 3 epochs of the usual 32 images (16 pairs, 114 iterations, 3 min 40 s;
+    # about six resnet50 steps: 3 epochs of the usual 32 images (16 pairs, 114 iterations, 3 min 40 s;
     # measured: train accuracy 20.1%, Rank-1 27.3%; 8 pairs per batch were slower and weaker, and 2
     # epochs of them stopped at 9.9%), without the teacher (the test would have to train one first).
     'dgnet_resnet50_scratch_market1501.yaml': ['data.height', '80', 'data.width', '40',
