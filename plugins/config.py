@@ -138,7 +138,6 @@ def _plugin_defaults(cfg):
     cfg.train.nonfinite_patience = 10  # stop after this many non-finite steps in a row (0: no check)
     cfg.train.deterministic = False  # deterministic kernels (a resumed run repeats the same losses)
     cfg.train.sync_bn = False  # SyncBatchNorm across GPUs under torchrun (CUDA only)
-    cfg.train.find_unused_parameters = False  # DDP option; needed with train.fixbase_epoch under torchrun
     cfg.data.skip_bad_images = False  # skip (and count) unreadable training images instead of stopping
     cfg.sampler.pos_ratio = 0.5  # PairwiseSampler: fraction of positive pairs in a batch
     cfg.sampler.camera_aware = True  # PairwiseSampler: positives from different cameras if possible
@@ -186,11 +185,21 @@ def _load_yaml_with_bases(path, chain=()):
     return layers
 
 
+REMOVED_KEYS = {
+    'train.find_unused_parameters': 'networks are no longer wrapped in DistributedDataParallel '
+                                    '(gradients are averaged after each backward), so every '
+                                    'config trains under torchrun without it',
+}
+
+
 def _merge_checked(cfg, data, source, prefix=''):
     """Merge a plain dict into ``cfg``; unknown keys and type changes name ``source``."""
     for key, value in data.items():
         full = prefix + key
         if key not in cfg:
+            if full in REMOVED_KEYS:
+                raise KeyError('Config key {!r} in {} was removed: {}; delete it'.format(
+                    full, source, REMOVED_KEYS[full]))
             raise KeyError('Unknown config key {!r} in {}'.format(full, source))
         current = cfg[key]
         if isinstance(current, CN):

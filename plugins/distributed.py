@@ -10,10 +10,11 @@ is a no-op and training runs exactly as before. Under torchrun:
   r-th contiguous slice of every global batch drawn by the configured sampler,
   so a PK batch (identities in runs of K) splits into whole identities, disjoint
   between ranks, and a pairwise batch into whole pairs;
-* networks are wrapped in ``DistributedDataParallel`` (:func:`wrap`), and losses
-  that compare samples (batch-hard triplet) see the global batch through
-  :func:`gather_with_grad`, so N processes train like one process on the
-  global batch;
+* every network starts from rank 0's weights (:func:`broadcast_module`) and its
+  gradients are averaged over the ranks after each backward
+  (:class:`GradientAverager`), and losses that compare samples (batch-hard
+  triplet) see the global batch through :func:`gather_with_grad`, so N processes
+  train like one process on the global batch;
 * only rank 0 logs, writes TensorBoard, evaluates and saves (:func:`is_main`).
 """
 import datetime
@@ -86,18 +87,9 @@ def per_rank_batch(batch_size):
     return batch_size // n
 
 
-def wrap(module, device, find_unused_parameters=False):
-    """``DistributedDataParallel(module)`` when distributed and trainable; else the module."""
-    if not is_distributed() or not any(p.requires_grad for p in module.parameters()):
-        return module
-    device_ids = [device.index] if device.type == 'cuda' else None
-    return torch.nn.parallel.DistributedDataParallel(
-        module, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
-
-
 def broadcast_module(module, src=0):
-    """Copy rank ``src``'s parameters and buffers into ``module`` on every rank: what DDP's
-    wrapper does when built, for networks trained with :func:`average_gradients`."""
+    """Copy rank ``src``'s parameters and buffers into ``module`` on every rank, so that
+    networks trained with :class:`GradientAverager` start (and stay) equal."""
     if not is_distributed():
         return
     with torch.no_grad():
@@ -109,26 +101,51 @@ def broadcast_module(module, src=0):
                 data.copy_(buffer)
 
 
-def average_gradients(parameters):
-    """Average the gradients of ``parameters`` over the ranks, in one all-reduce.
+class GradientAverager:
+    """Averages gradients over the ranks after a backward: one all-reduce, no host read.
 
-    For engines that run a network several times (or through methods other than
-    ``forward``) before one backward, which DDP's wrapper does not follow; their
-    networks start equal through :func:`broadcast_module`. A
-    gradient missing on some ranks counts as zero there; one missing on every rank
-    stays missing, so optimisers skip that parameter as in a single process.
+    Used for every network instead of ``DistributedDataParallel``, because the
+    engines use networks in ways DDP's wrapper cannot follow: calls outside its
+    forward (CASN's verifier and Grad-CAM passes, API-Net's pair interaction),
+    several calls per backward (DG-Net), parameters without a gradient in a step
+    (zero-weight ablations, frozen layers during ``fixbase_epoch``). Here it does
+    not matter where or how often a network ran: after the backward, every
+    trainable parameter's gradient is summed over the ranks and divided by the
+    world size.
+
+    A parameter without a gradient on this rank keeps ``None`` (so optimisers skip
+    it, as in one process); one with a gradient here counts as zero on the ranks
+    that have none. The engines' steps use the same parameters on every rank, so
+    the pattern agrees; the call returns a device flag, raised when some
+    parameter had a gradient on some ranks but not all (they would drift apart),
+    which the engine reads at its next log. Which parameters have a gradient is
+    known on the host; its device copy is made once per pattern and cached.
     """
-    params = [p for p in parameters if p.requires_grad]
-    if not is_distributed() or not params:
-        return
-    present = torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                      for p in params] + [present])
-    dist.all_reduce(flat)
-    flat /= get_world_size()
-    grads = flat[:-len(params)].split([p.numel() for p in params])
-    for p, grad, seen in zip(params, grads, flat[-len(params):].tolist()):
-        p.grad = grad.view_as(p).clone() if seen else None
+
+    def __init__(self):
+        self._presence = {}
+
+    def __call__(self, parameters):
+        """Average in place; returns the mismatch flag (a 0-dim device bool), or None
+        when not distributed."""
+        params = [p for p in parameters if p.requires_grad]
+        if not is_distributed() or not params:
+            return None
+        pattern = tuple(p.grad is not None for p in params)
+        device = params[0].device
+        presence = self._presence.get((pattern, device))
+        if presence is None:  # a host-to-device copy, once per pattern (the first step)
+            presence = torch.tensor(pattern, dtype=torch.float32, device=device)
+            self._presence[(pattern, device)] = presence
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                          for p in params] + [presence])
+        dist.all_reduce(flat)
+        counts = flat[-len(params):]
+        grads = flat[:-len(params)].div_(get_world_size()).split([p.numel() for p in params])
+        for p, grad in zip(params, grads):
+            if p.grad is not None:
+                p.grad.copy_(grad.view_as(p))  # keeps the gradient's layout (channels_last)
+        return ((counts > 0) & (counts < get_world_size())).any()
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -154,8 +171,8 @@ def gather_with_grad(tensor):
     """Concatenate ``tensor`` from every rank in rank order; gradients flow back to each rank.
 
     Each rank computes the same global loss; the backward sums the ranks'
-    gradients for the local slice and DDP's averaging divides by the world size
-    again, so parameters get exactly the single-process gradient.
+    gradients for the local slice and :class:`GradientAverager` divides by the
+    world size again, so parameters get exactly the single-process gradient.
     """
     if not is_distributed():
         return tensor

@@ -28,7 +28,7 @@ from .checkpoint import load_checkpoint, plain, save_checkpoint
 from .evaluation import set_distance_device
 from .hooks import TeacherDistillationHook
 from .losses import BatchHardTriplet, CrossEntropyLabelSmooth
-from .precision import Precision
+from .precision import Precision, step_unless, use_fused_step
 from .registry import Registry
 from .resilience import (NonFiniteLossError, StopOnSignal, TrainingInterrupted, checkpoint_name,
                          rng_state, set_rng_state)
@@ -56,15 +56,18 @@ class PluginEngine(Engine):
     and LR stepping are kept; the epoch loop is ours (:meth:`run`, :meth:`train`)
     because it adds what the host's lacks:
 
-    * distributed data parallel under torchrun (:mod:`plugins.distributed`): every
-      registered network is wrapped in DDP, rank 0 alone logs, evaluates, saves;
+    * data parallel training under torchrun (:mod:`plugins.distributed`): every
+      registered network starts from rank 0's weights and its gradients are
+      averaged over the ranks after each backward
+      (:class:`~plugins.distributed.GradientAverager`), whatever the step does
+      with it; rank 0 alone logs, evaluates, saves;
     * mixed precision (``amp``: :mod:`plugins.precision`) for every network's step;
-    * no host synchronisation per step: losses are summed on the device and read
-      at ``print_freq`` (the non-finite check reads a flag copied while the
-      backward is queued);
-    * a step with a non-finite loss term is skipped and counted; after
-      ``nonfinite_patience`` such steps in a row a checkpoint is saved and
-      :class:`~plugins.resilience.NonFiniteLossError` names the term;
+    * no host synchronisation per step: losses are summed on the device, and the
+      non-finite and gradient-pattern flags kept there, all read at ``print_freq``
+      (optimisers use fused kernels that skip a step on a device flag);
+    * a step with a non-finite loss term is skipped and counted; when a read finds
+      that ``nonfinite_patience`` such steps came in a row, a checkpoint is saved
+      and :class:`~plugins.resilience.NonFiniteLossError` names the term;
     * SIGINT/SIGTERM save a checkpoint of everything (with the iteration and RNG
       state) and raise :class:`~plugins.resilience.TrainingInterrupted`; resuming
       from it continues the same epoch where it stopped.
@@ -77,23 +80,17 @@ class PluginEngine(Engine):
         hooks (list[Hook]): see :class:`plugins.hooks.Hook` for the stage order.
         metric_fns (dict): ``name -> fn(engine, batch, outputs)`` logged each step, not trained.
         amp (str): '' (fp32), 'bf16' or 'fp16'.
-        nonfinite_patience (int): non-finite steps in a row before stopping; 0 disables
-            the check (and its one flag read per step).
-        find_unused_parameters (bool): passed to DDP (needed with ``fixbase_epoch``).
+        nonfinite_patience (int): non-finite steps in a row before stopping (checked
+            when the flags are read, every ``print_freq`` steps); 0 disables the check.
         channels_last (bool): NHWC memory format for every registered network and the batches.
-        ddp (bool): under torchrun, wrap every registered network in DDP (True), or keep
-            them bare and average each step's gradients over the ranks (False: for
-            engines that call a network several times, or through methods other than
-            ``forward``, before one backward).
     """
 
     STOP_CHECK_STEPS = 10
 
     def __init__(self, datamanager, model, optimizer, scheduler=None, use_gpu=True,
                  loss_terms=(), hooks=(), metric_fns=None, amp='', nonfinite_patience=10,
-                 find_unused_parameters=False, channels_last=False, ddp=True):
+                 channels_last=False):
         super().__init__(datamanager, use_gpu)
-        self.ddp = ddp
         if self.use_gpu:
             self.device = torch.device('cuda', torch.cuda.current_device())
         else:
@@ -101,7 +98,7 @@ class PluginEngine(Engine):
         self.precision = Precision(amp, self.device)
         set_distance_device(self.device)
         self.nonfinite_patience = nonfinite_patience
-        self.find_unused_parameters = find_unused_parameters
+        self.average_gradients = distributed.GradientAverager()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.optimizer = optimizer
         self.scheduler = scheduler
@@ -115,7 +112,7 @@ class PluginEngine(Engine):
         self.nonfinite_in_a_row = 0
         self.skipped_steps = 0
         self.skipped_images = 0
-        self._bad_terms = []
+        self._flags = _StepFlags()
         self._resume_point = None
         self._epoch_rng = None
         self._stop = StopOnSignal()
@@ -123,16 +120,12 @@ class PluginEngine(Engine):
         self.save_dir = 'log'
 
     def register_model(self, name='model', model=None, optim=None, sched=None):
-        """The host's registration, on the engine's device and DDP-wrapped when distributed.
-
-        Returns the network to call for trainable forwards (the DDP wrapper under
-        torchrun); frozen side passes should call the unwrapped module.
-        """
+        """The host's registration, on the engine's device, with rank 0's weights under
+        torchrun and the optimiser on fused kernels where it has them; returns the network."""
         model = model.to(self.device, memory_format=self.memory_format)
-        if self.ddp:
-            model = distributed.wrap(model, self.device, self.find_unused_parameters)
-        else:
-            distributed.broadcast_module(model)
+        distributed.broadcast_module(model)
+        if optim is not None:
+            use_fused_step(optim)
         super().register_model(name, model, optim, sched)
         return model
 
@@ -164,7 +157,6 @@ class PluginEngine(Engine):
         if 'skipped_images' in data:  # unreadable files replaced (data.skip_bad_images), on the CPU
             self.skipped_images += int(data['skipped_images'].sum())
         log = {}
-        self._bad_terms = []
         with self.precision.autocast():
             for hook in self.hooks:
                 log.update(hook.before_step(self, batch) or {})
@@ -186,49 +178,51 @@ class PluginEngine(Engine):
         summary.update(log)
         with torch.no_grad():
             summary.update({name: fn(self, batch, outputs) for name, fn in self.metric_fns.items()})
-        self._count_nonfinite()
+        self._flags.end_step()
         return summary
 
     def optimizer_step(self, optimizers, terms):
-        """Backward of ``sum(terms.values())`` and a step of ``optimizers`` (one optimiser or
-        a list stepped together), unless a term is non-finite on any rank: then the
-        gradients are dropped and the step skipped.
+        """Backward of ``sum(terms.values())``, gradients averaged over the ranks, and a step
+        of ``optimizers`` (one optimiser or a list stepped together), skipped when a term
+        is non-finite on any rank.
 
         Every network's update goes through here (hooks included), so mixed
-        precision, DDP-consistent skipping and counting apply to all of them. A joint
-        step uses the gradient scaler of the first optimiser's network.
-        Returns the names of the non-finite terms (empty when the step was taken).
+        precision, distributed averaging, DDP-consistent skipping and counting apply
+        to all of them. A joint step uses the gradient scaler of the first
+        optimiser's network. Nothing is read on the host: fused optimisers skip on
+        the device flag (under fp16, GradScaler's own overflow flag), and the flags
+        are read with the logged losses (:meth:`read_step_flags`). Only optimisers
+        without fused kernels (RMSprop, RAdam) read the flag, once per step.
         """
         optimizers = list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
         names = list(terms)
         loss = sum(terms.values())
-        read_flags = None
+        skip = read_skip = None
         if self.nonfinite_patience:
             flags = torch.stack([~torch.isfinite(terms[n].detach()).all() for n in names])
-            read_flags = _read_later(distributed.all_reduce_max(flags.to(torch.uint8)))
+            flags = distributed.all_reduce_max(flags.to(torch.uint8))
+            self._flags.record_terms(names, flags)
+            skip = flags.amax().bool()
+            if not all(_is_fused(o) for o in optimizers):
+                read_skip = _read_later(skip)
         scaler = self.precision.scaler(self._network_of(optimizers[0]))
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         with self.precision.full_precision():
             (scaler.scale(loss) if scaler is not None else loss).backward()
-            if not self.ddp:
-                distributed.average_gradients(p for optimizer in optimizers
-                                              for group in optimizer.param_groups
-                                              for p in group['params'])
-            bad = [n for n, flag in zip(names, read_flags()) if flag] if read_flags else []
-            if bad:
-                for optimizer in optimizers:
-                    optimizer.zero_grad(set_to_none=True)
-                self._bad_terms.extend(bad)
-                return bad
+            self._flags.record_mismatch(self.average_gradients(
+                p for optimizer in optimizers for group in optimizer.param_groups
+                for p in group['params']))
+            skipped_on_host = read_skip is not None and read_skip()
             for optimizer in optimizers:
                 if scaler is not None:
                     scaler.step(optimizer)
-                else:
+                elif skip is not None and _is_fused(optimizer):
+                    step_unless(optimizer, skip)
+                elif not skipped_on_host:
                     optimizer.step()
             if scaler is not None:
                 scaler.update()
-        return bad
 
     def _network_of(self, optimizer):
         for name, optim in self._optims.items():
@@ -236,29 +230,33 @@ class PluginEngine(Engine):
                 return name
         return 'model'
 
-    def _count_nonfinite(self):
-        if not self._bad_terms:
-            self.nonfinite_in_a_row = 0
+    def read_step_flags(self):
+        """Read the device flags of the steps since the last read (with the logged losses).
+
+        Updates ``skipped_steps`` and ``nonfinite_in_a_row``. Raises, after saving a
+        checkpoint, :class:`~plugins.resilience.NonFiniteLossError` when
+        ``nonfinite_patience`` non-finite steps came in a row, and ``RuntimeError``
+        when some parameter had a gradient on some ranks only (their weights would
+        drift apart). Called on every rank: the flags agree, and saving is collective.
+        """
+        flags = self._flags.read()
+        if flags is None:
             return
-        self.nonfinite_in_a_row += 1
-        self.skipped_steps += 1
-        if self.nonfinite_in_a_row >= self.nonfinite_patience:
+        self.skipped_steps += flags['skipped']
+        self.nonfinite_in_a_row = flags['streak']
+        if flags['mismatch']:
+            raise RuntimeError(
+                'Some parameters had a gradient on some ranks but not on others in a step '
+                'before epoch {}, iteration {}: the step must use the same parameters on '
+                'every rank (train without torchrun to check a data-dependent branch).'.format(
+                    self.epoch + 1, self.batch_idx + 1))
+        if self.nonfinite_patience and flags['worst'] >= self.nonfinite_patience:
             path = self.save_model(self.epoch, 0, self.save_dir, iteration=self.batch_idx + 1)
             raise NonFiniteLossError(
-                'Loss term(s) {} non-finite in {} steps in a row (epoch {}, iteration {}); '
+                'Loss term(s) {} non-finite in {} steps in a row (before epoch {}, iteration {}); '
                 'stopped after saving "{}". Lower train.lr, check the data, or try '
                 'train.amp \'\' (train.nonfinite_patience sets the limit).'.format(
-                    sorted(set(self._bad_terms)), self.nonfinite_in_a_row, self.epoch + 1,
-                    self.batch_idx + 1, path))
-
-    def two_stepped_transfer_learning(self, epoch, fixbase_epoch, open_layers, model=None):
-        """The host's layer freezing, applied to the network inside a DDP wrapper."""
-        super().two_stepped_transfer_learning(epoch, fixbase_epoch, open_layers,
-                                              unwrap_model(self.model if model is None else model))
-
-    def extract_features(self, input):
-        """Evaluation runs on rank 0 alone, so it must not call the DDP wrapper."""
-        return unwrap_model(self.model)(input)
+                    flags['terms'], flags['worst'], self.epoch + 1, self.batch_idx + 1, path))
 
     def run(self, save_dir='log', max_epoch=0, start_epoch=0, print_freq=10, fixbase_epoch=0,
             open_layers=None, start_eval=0, eval_freq=-1, test_only=False, **test_kwargs):
@@ -360,7 +358,8 @@ class PluginEngine(Engine):
         raise TrainingInterrupted(self._stop.signum, path)
 
     def _log(self, meter, done, tick):
-        """Read the running sums (the only per-interval sync) and print/write them."""
+        """Read the running sums and step flags (the only per-interval sync) and print/write them."""
+        self.read_step_flags()
         averages = meter.read()
         now = time.time()
         step_time = (now - tick) / max(meter.count, 1)
@@ -405,7 +404,7 @@ class PluginEngine(Engine):
         for net in self.get_model_names():
             optim, sched = self._optims[net], self._scheds[net]
             state = {
-                'state_dict': unwrap_model(self._models[net]).state_dict(),
+                'state_dict': self._models[net].state_dict(),
                 'epoch': epochs_done,
                 'iteration': iteration,
                 'rank1': plain(rank1),
@@ -433,7 +432,7 @@ class PluginEngine(Engine):
         for name in self.get_model_names():
             path = fpath if name == 'model' else osp.join(root, name, fname)
             ckpt = load_checkpoint(path)
-            unwrap_model(self._models[name]).load_state_dict(ckpt['state_dict'])
+            self._models[name].load_state_dict(ckpt['state_dict'])
             if self._optims[name] is not None and ckpt.get('optimizer'):
                 self._optims[name].load_state_dict(ckpt['optimizer'])
             if self._scheds[name] is not None and ckpt.get('scheduler'):
@@ -488,28 +487,78 @@ class _DeviceMeter:
         return dict(zip(names, values.tolist()))
 
 
-def _read_later(flags):
-    """A function returning ``flags`` as a list, copied to the host without blocking now.
+class _StepFlags:
+    """Device-side record of the steps since the last read: which terms were non-finite,
+    steps skipped, the longest run of skipped steps, gradient-pattern mismatches.
 
-    On CUDA the copy is queued with an event; reading it after the backward has been
-    queued waits only for the forward, so the GPU never idles for the check.
+    Each step adds a few tiny device operations and no host read; :meth:`read`
+    copies everything to the host at once.
     """
-    if flags.device.type != 'cuda':
-        return flags.tolist
-    host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=True)
-    host.copy_(flags, non_blocking=True)
+
+    def __init__(self):
+        self.streak = None  # non-finite steps in a row so far (kept across reads)
+        self._clear()
+
+    def _clear(self):
+        self.terms, self.step_bad, self.skipped, self.worst, self.mismatch = {}, None, None, None, None
+
+    @staticmethod
+    def _max(a, b):
+        return b if a is None else torch.maximum(a, b)
+
+    def record_terms(self, names, flags):
+        for name, flag in zip(names, flags):
+            self.terms[name] = self._max(self.terms.get(name), flag)
+        self.step_bad = self._max(self.step_bad, flags.amax().to(torch.int64))
+
+    def record_mismatch(self, flag):
+        if flag is not None:
+            self.mismatch = self._max(self.mismatch, flag)
+
+    def end_step(self):
+        if self.step_bad is None:  # no checked update this step
+            return
+        bad, self.step_bad = self.step_bad, None
+        self.streak = (bad if self.streak is None else (self.streak.to(bad.device) + 1) * bad)
+        self.skipped = bad if self.skipped is None else self.skipped + bad
+        self.worst = self._max(self.worst, self.streak)
+
+    def read(self):
+        """``{'skipped', 'streak', 'worst', 'mismatch', 'terms'}`` on the host, then start over;
+        None when nothing was recorded."""
+        if self.skipped is None and self.mismatch is None:
+            return None
+        names = sorted(self.terms)
+        values = [self.skipped, self.streak, self.worst, self.mismatch] + [self.terms[n] for n in names]
+        device = next(v.device for v in values if v is not None)
+        host = torch.stack([torch.zeros((), dtype=torch.int64, device=device) if v is None
+                            else v.to(device, torch.int64) for v in values]).tolist()
+        self._clear()
+        return {'skipped': host[0], 'streak': host[1], 'worst': host[2], 'mismatch': bool(host[3]),
+                'terms': [n for n, flag in zip(names, host[4:]) if flag]}
+
+
+def _is_fused(optimizer):
+    return all(group.get('fused') for group in optimizer.param_groups)
+
+
+def _read_later(flag):
+    """A function returning ``flag`` on the host, copied without blocking now.
+
+    For optimisers without fused kernels. On CUDA the copy is queued with an event;
+    reading it after the backward has been queued waits only for the forward.
+    """
+    if flag.device.type != 'cuda':
+        return flag.item
+    host = torch.empty(flag.shape, dtype=flag.dtype, pin_memory=True)
+    host.copy_(flag, non_blocking=True)
     event = torch.cuda.Event()
     event.record()
 
     def read():
         event.synchronize()
-        return host.tolist()
+        return host.item()
     return read
-
-
-def unwrap_model(model):
-    """The network inside a (Distributed)DataParallel wrapper, or the model itself."""
-    return getattr(model, 'module', model)
 
 
 def logits_of(outputs):
@@ -544,8 +593,7 @@ def accuracy(engine, batch, outputs):
 def engine_options(cfg):
     """:class:`PluginEngine` keyword arguments read from the config (every engine builder passes them)."""
     return {'use_gpu': cfg.use_gpu, 'amp': cfg.train.amp, 'channels_last': cfg.train.channels_last,
-            'nonfinite_patience': cfg.train.nonfinite_patience,
-            'find_unused_parameters': cfg.train.find_unused_parameters}
+            'nonfinite_patience': cfg.train.nonfinite_patience}
 
 
 def reid_loss_terms(cfg, engine):

@@ -13,8 +13,7 @@ general hooks here cover what the projects need:
 Networks a hook trains are registered with the engine's ``register_model``, so
 checkpointing, train/eval switching, LR stepping and DDP wrapping cover them;
 their steps go through ``engine.optimizer_step`` (mixed precision, non-finite
-skipping). Trainable passes call the registered (possibly DDP-wrapped) network,
-frozen passes the bare module. A frozen teacher is deliberately not registered:
+skipping, gradients averaged over the ranks under torchrun). A frozen teacher is deliberately not registered:
 it is never saved.
 """
 import contextlib
@@ -137,13 +136,12 @@ class CriticUpdateHook(Hook):
         self.name = name
 
     def attach(self, engine):
-        self.trained_critic = engine.register_model(self.name, self.critic, self.optimizer,
-                                                    self.scheduler)
+        engine.register_model(self.name, self.critic, self.optimizer, self.scheduler)
 
     def _fit(self, engine, batch, outputs):
         inputs = tuple(x.detach() for x in self.inputs_fn(engine, batch, outputs))
         reward = self.reward_fn(engine, batch, outputs).detach().float()
-        mse = F.mse_loss(self.trained_critic(*inputs).view(-1).float(), reward.view(-1))
+        mse = F.mse_loss(self.critic(*inputs).view(-1).float(), reward.view(-1))
         engine.optimizer_step(self.optimizer, {self.name + '_mse': mse})
         return {self.name + '_mse': mse.detach()}
 
@@ -185,11 +183,10 @@ class AdversarialStepHook(Hook):
         self.name = name
 
     def attach(self, engine):
-        self.trained_discriminator = engine.register_model(self.name, self.discriminator,
-                                                           self.optimizer, self.scheduler)
+        engine.register_model(self.name, self.discriminator, self.optimizer, self.scheduler)
 
     def after_forward(self, engine, batch, outputs):
-        d_loss = self.d_loss_fn(self.trained_discriminator, engine, batch, outputs)
+        d_loss = self.d_loss_fn(self.discriminator, engine, batch, outputs)
         engine.optimizer_step(self.optimizer, {self.name + '_loss': d_loss})
         return {self.name + '_loss': d_loss.detach()}
 

@@ -4,8 +4,17 @@
 gets one ``torch.amp.GradScaler`` per optimiser (the main network's and each
 hook network's: a critic or discriminator step is scaled and skipped on
 overflow independently). ``''`` (the default) is full fp32.
+
+:func:`fp32` runs a block in full precision whatever the autocast state: the
+distance products that mining and margin losses compare (autocast would run
+``matmul``/``addmm`` in bf16/fp16 even on fp32 inputs).
+
+:func:`use_fused_step` switches an optimiser to its fused kernels, which can skip
+a step on a device flag (``found_inf``): the engine skips non-finite steps, and
+GradScaler skips fp16 overflows, without reading anything on the host.
 """
 import contextlib
+import functools
 
 import torch
 
@@ -55,3 +64,60 @@ class Precision:
             scaler = self.scaler(name)
             if scaler is not None:
                 scaler.load_state_dict(scaler_state)
+
+
+def fp32(device_type):
+    """Context in which autocast is off, so products run in the inputs' (fp32) precision."""
+    return torch.autocast(device_type, enabled=False)
+
+
+FUSED_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+
+
+def use_fused_step(optimizer):
+    """Use the fused kernels of an SGD/Adam/AdamW optimiser; True when it now has them.
+
+    A fused step reads ``optimizer.found_inf`` (a device flag) and skips itself
+    when it is set, momentum, Adam moments and step counts included; this is how
+    GradScaler steps it without a host synchronisation. Other optimisers
+    (RMSprop, torchreid's RAdam), differentiable ones, and parameters the fused
+    kernels do not cover (not floating point, or on a device without them) are
+    left as they are: the engine then reads its skip flag on the host. Idempotent;
+    call again after ``load_state_dict``, which restores the saved groups' flags.
+    """
+    if not isinstance(optimizer, FUSED_OPTIMIZERS):
+        return False
+    params = [p for group in optimizer.param_groups for p in group['params']]
+    if any(group.get('differentiable') for group in optimizer.param_groups) or not params:
+        return False
+    if not all(p.is_floating_point() and _has_fused_kernels(type(optimizer), p.device)
+               for p in params):
+        return False
+    for group in optimizer.param_groups:
+        group['fused'], group['foreach'] = True, False
+    optimizer._step_supports_amp_scaling = True  # what the constructor sets with fused=True
+    for p, state in optimizer.state.items():  # fused kernels keep step counts on the device
+        if torch.is_tensor(state.get('step')):
+            state['step'] = state['step'].to(p.device, torch.float32)
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _has_fused_kernels(optimizer_class, device):
+    """Whether this torch has ``optimizer_class``'s fused kernels on ``device`` (one tiny step)."""
+    param = torch.zeros(1, device=device, requires_grad=True)
+    param.grad = torch.zeros_like(param)
+    try:
+        optimizer_class([param], lr=0.1, fused=True).step()
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
+
+
+def step_unless(optimizer, skip):
+    """``optimizer.step()`` unless the device flag ``skip`` is set (fused optimisers only)."""
+    optimizer.grad_scale, optimizer.found_inf = None, skip.float()
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.grad_scale, optimizer.found_inf

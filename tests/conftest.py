@@ -1,9 +1,12 @@
 """Shared test helpers: a tiny torchreid-contract network, a stand-in data manager,
 tiny synthreid options and a way to run the tools as a user does."""
+import contextlib
+import functools
 import importlib.util
 import os
 import subprocess
 import sys
+import traceback
 
 import pytest
 import torch
@@ -46,6 +49,53 @@ def tiny_batch():
     g = torch.Generator().manual_seed(0)
     return {'img': torch.randn(8, 3, 16, 8, generator=g), 'pid': torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]),
             'camid': torch.zeros(8, dtype=torch.long)}
+
+
+# Tensor methods that copy a device tensor's values to the host (a CUDA synchronisation)
+HOST_READS = ('item', 'tolist', 'numpy', 'cpu', '__bool__', '__int__', '__float__', '__index__',
+              'nonzero', 'unique', 'masked_select', 'repeat_interleave')
+
+
+@contextlib.contextmanager
+def count_host_reads():
+    """Within the block, record every call that would wait for the device on a GPU: the
+    ``HOST_READS`` methods, ``torch.nonzero``/``torch.tensor`` of Python data bound for a
+    device, and indexing with a boolean mask (its size is read). Yields the list of
+    ``'name at file:line'`` strings (the first caller outside torch)."""
+    calls = []
+
+    def where():
+        for frame in traceback.extract_stack()[:-2][::-1]:
+            if '/torch/' not in frame.filename and frame.filename != __file__:
+                return '{}:{}'.format(os.path.relpath(frame.filename, REPO), frame.lineno)
+        return '?'
+
+    def counted(name, original, check=None):
+        @functools.wraps(original)
+        def wrapper(*args, **kwargs):
+            if check is None or check(*args, **kwargs):
+                calls.append('{} at {}'.format(name, where()))
+            return original(*args, **kwargs)
+        return wrapper
+
+    def bool_mask(self, index, *rest):
+        parts = index if isinstance(index, tuple) else (index,)
+        return any(torch.is_tensor(i) and i.dtype == torch.bool for i in parts)
+
+    patches = [(torch.Tensor, name, counted(name, getattr(torch.Tensor, name))) for name in HOST_READS]
+    patches += [(torch.Tensor, '__getitem__', counted('boolean-mask index', torch.Tensor.__getitem__, bool_mask)),
+                (torch.Tensor, '__setitem__', counted('boolean-mask assignment', torch.Tensor.__setitem__, bool_mask)),
+                (torch, 'nonzero', counted('torch.nonzero', torch.nonzero)),
+                (torch, 'tensor', counted('torch.tensor from host data', torch.tensor,
+                                          lambda data, **kw: kw.get('device') is not None))]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    try:
+        for owner, name, wrapper in patches:
+            setattr(owner, name, wrapper)
+        yield calls
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
 
 
 def snapshot(module):

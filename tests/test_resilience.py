@@ -15,7 +15,8 @@ from plugins import LossTerm, PluginEngine
 from plugins.checkpoint import load_checkpoint, save_checkpoint
 from plugins.images import ImageReadError, read_image
 from plugins.resilience import NonFiniteLossError, latest_checkpoint
-from tests.conftest import REPO, TINY_SYNTHREID, FakeDataManager, TinyReIDNet, run_tool
+from tests.conftest import (REPO, TINY_SYNTHREID, FakeDataManager, TinyReIDNet, count_host_reads,
+                            run_tool)
 
 CONFIG = os.path.join(REPO, 'configs', 'baselines', 'resnet50_synthreid.yaml')
 RUN = ['model.name', 'resnet18', 'train.max_epoch', '2', 'train.batch_size', '4', 'use_gpu', 'False',
@@ -99,26 +100,46 @@ def test_non_finite_steps_are_skipped_then_training_stops_with_a_checkpoint(tmp_
     engine.set_model_mode('train')
     engine.forward_backward(tiny_batch)  # a finite step moves the weights
     before = {k: v.detach().clone() for k, v in engine.model.named_parameters()}
+    momentum = {k: engine.optimizer.state[p].get('momentum_buffer') for k, p in engine.model.named_parameters()}
     poisoned['fn'] = True
     for i in range(2):
         engine.batch_idx = i
         engine.forward_backward(tiny_batch)
         params = dict(engine.model.named_parameters())
         assert all(torch.equal(v, params[k]) for k, v in before.items())  # no step taken
-        assert engine.skipped_steps == i + 1 and all(p.grad is None for p in engine.model.parameters())
+        engine.read_step_flags()  # the flags stay on the device until read (at print_freq)
+        assert engine.skipped_steps == i + 1 and engine.nonfinite_in_a_row == i + 1
+    assert all(engine.optimizer.state[p].get('momentum_buffer') is momentum[k] or torch.equal(
+        engine.optimizer.state[p]['momentum_buffer'], momentum[k])
+        for k, p in engine.model.named_parameters())  # the optimiser's state did not move either
     poisoned['fn'] = False
     engine.forward_backward(tiny_batch)  # a good step resets the count
+    engine.read_step_flags()
     assert engine.nonfinite_in_a_row == 0 and engine.skipped_steps == 2
     poisoned['fn'] = True
-    engine.forward_backward(tiny_batch)
-    engine.forward_backward(tiny_batch)
-    engine.batch_idx = 6
-    with pytest.raises(NonFiniteLossError, match=r"\['loss_bad'\].*3 steps in a row") as err:
+    for engine.batch_idx in (4, 5, 6):  # three in a row, read once: the read finds the run
         engine.forward_backward(tiny_batch)
+    with pytest.raises(NonFiniteLossError, match=r"\['loss_bad'\].*3 steps in a row") as err:
+        engine.read_step_flags()
     path = os.path.join(str(tmp_path), 'model', 'model.pth.tar-0+iter7')
     assert path in str(err.value)
     ckpt = load_checkpoint(path)
     assert ckpt['iteration'] == 7 and 'rng' in ckpt and 'epoch_rng' in ckpt
+
+
+@pytest.mark.parametrize('optim', ['sgd', 'rmsprop'])
+def test_a_step_reads_nothing_on_the_host_with_fused_optimisers(tmp_path, tiny_batch, optim):
+    """Fused kernels skip on the device flag; RMSprop (no fused kernels) must read it."""
+    model = TinyReIDNet(num_classes=4)
+    cls = {'sgd': torch.optim.SGD, 'rmsprop': torch.optim.RMSprop}[optim]
+    engine = PluginEngine(FakeDataManager(4), model, cls(model.parameters(), lr=0.1),
+                          use_gpu=False, nonfinite_patience=3)
+    engine.loss_terms = [LossTerm('loss_x', 1.0, lambda e, b, o: torch.nn.functional.cross_entropy(
+        o, b['pid']))]
+    engine.set_model_mode('train')
+    with count_host_reads() as reads:
+        engine.forward_backward(tiny_batch)
+    assert (reads == []) == (optim == 'sgd'), reads
 
 
 def test_resume_auto_never_picks_a_corrupt_or_incomplete_checkpoint(tmp_path, capsys):

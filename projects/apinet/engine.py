@@ -20,8 +20,7 @@ from collections import namedtuple
 import torch
 
 from plugins import LossTerm, PluginEngine
-from plugins.engine import (accuracy, cross_entropy_term, engine_options, triplet_term,
-                            unwrap_model)
+from plugins.engine import (accuracy, cross_entropy_term, engine_options, triplet_term)
 
 from .losses import mine_pairs, pair_cross_entropy, score_ranking_loss
 
@@ -39,7 +38,7 @@ def pair_outputs(engine, batch, outputs):
     """
     cached = batch.get(CACHE_KEY)
     if cached is None:
-        model = unwrap_model(engine.model)
+        model = engine.model
         features = model.neck_features(outputs[1])
         pids = batch['pid']
         pairs = mine_pairs(features, pids)
@@ -58,9 +57,9 @@ def pairs_dropped(engine, batch, outputs):
 
 def check_apinet_run(cfg, model):
     """The engine needs the pair path and the pooled features in the training output."""
-    if not hasattr(unwrap_model(model), 'pair_logits'):
+    if not hasattr(model, 'pair_logits'):
         raise TypeError("engine 'apinet' needs an API-Net model (apinet_resnet50, "
-                        'apinet_resnet101), got {}'.format(type(unwrap_model(model)).__name__))
+                        'apinet_resnet101), got {}'.format(type(model).__name__))
     if cfg.loss.name != 'triplet':
         raise ValueError("engine 'apinet' needs loss.name 'triplet' so that the model returns "
                          '(logits, features) in training; got {!r}'.format(cfg.loss.name))

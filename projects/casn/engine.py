@@ -18,7 +18,7 @@ a term's computation. Also logged: ``acc`` and ``positive_pairs``.
 import torch.nn.functional as F
 
 from plugins import LossTerm, PluginEngine
-from plugins.engine import accuracy, cross_entropy_term, engine_options, unwrap_model
+from plugins.engine import accuracy, cross_entropy_term, engine_options
 from plugins.samplers import pair_labels
 
 from .attention import identification_attention_loss, siamese_attention_loss
@@ -37,7 +37,7 @@ class CASNEngine(PluginEngine):
 
 def ia_term(weight, alpha, beta):
     def fn(engine, batch, logits):
-        loss, _ = identification_attention_loss(unwrap_model(engine.model), batch['img'], batch[STEP_KEY].maps,
+        loss, _ = identification_attention_loss(engine.model, batch['img'], batch[STEP_KEY].maps,
                                                  batch['pid'], alpha, beta)
         return loss
     return LossTerm('loss_ia', weight, fn)
@@ -48,14 +48,14 @@ def verification_term(weight):
         siamese = batch[STEP_KEY].siamese
         same = pair_labels(batch['pid']).float()
         return F.binary_cross_entropy_with_logits(
-            unwrap_model(engine.model).verification_logits(siamese[0::2], siamese[1::2]), same)
+            engine.model.verification_logits(siamese[0::2], siamese[1::2]), same)
     return LossTerm('loss_ver', weight, fn)
 
 
 def sa_term(weight, threshold):
     def fn(engine, batch, logits):
         positive = pair_labels(batch['pid']).nonzero().view(-1)
-        return siamese_attention_loss(unwrap_model(engine.model), batch[STEP_KEY].maps, 2 * positive,
+        return siamese_attention_loss(engine.model, batch[STEP_KEY].maps, 2 * positive,
                                       2 * positive + 1, threshold)
     return LossTerm('loss_sa', weight, fn)
 
@@ -73,9 +73,9 @@ def positive_pairs(engine, batch, logits):
 
 def build_casn_engine(cfg, datamanager, model, optimizer, scheduler):
     """Engine builder registered as ``casn`` (called by ``plugins.build_engine``)."""
-    if not hasattr(unwrap_model(model), 'verification_logits'):
+    if not hasattr(model, 'verification_logits'):
         raise TypeError("engine 'casn' needs a CASN model (casn_ide_resnet50, casn_pcb_resnet50), "
-                        'got {}'.format(type(unwrap_model(model)).__name__))
+                        'got {}'.format(type(model).__name__))
     opts = cfg.casn
     if (opts.weight_ver or opts.weight_sa) and cfg.sampler.train_sampler != 'PairwiseSampler':
         raise ValueError("engine 'casn' with casn.weight_ver or casn.weight_sa needs "

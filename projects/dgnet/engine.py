@@ -34,7 +34,7 @@ from torchreid.reid.engine import Engine
 from plugins import AdversarialStepHook, LossTerm, PluginEngine, TeacherDistillationHook
 from plugins.config import lr_scheduler_kwargs
 from plugins.distributed import per_rank_batch
-from plugins.engine import engine_options, unwrap_model
+from plugins.engine import engine_options
 from plugins.hooks import batchnorm_stats_frozen, frozen
 from plugins.schedulers import build_lr_scheduler
 
@@ -135,7 +135,7 @@ class DGNetEngine(PluginEngine):
 
     def __init__(self, datamanager, model, optimizer, scheduler, generator, generator_optimizer,
                  generator_scheduler, dgnet, teacher_weight=1.0, seed=0, **options):
-        super().__init__(datamanager, model, optimizer, scheduler, ddp=False, **options)
+        super().__init__(datamanager, model, optimizer, scheduler, **options)
         self.generator = self.register_model('generator', generator, generator_optimizer,
                                              generator_scheduler)
         self.main_optimizers.append(generator_optimizer)
@@ -164,7 +164,7 @@ class DGNetEngine(PluginEngine):
         images, pids = batch['img'], batch['pid']
         x, xp, labels = images[0::2], images[1::2], pids[0::2]
         n = len(x) // 2  # one official loader batch
-        encoder, gen = unwrap_model(self.model), self.generator
+        encoder, gen = self.model, self.generator
         losses = {}
 
         with torch.no_grad():  # appearance codes are detached by E_a: no graph needed
@@ -276,9 +276,9 @@ def build_dgnet_engine(cfg, datamanager, model, optimizer, scheduler):
     staged LR 0.002 trunk / 0.02 heads); E_s + G and D get Adam with ``dgnet.lr_g``
     / ``dgnet.lr_d``; all three follow ``train.lr_scheduler`` stepped per iteration.
     """
-    if not isinstance(unwrap_model(model), AppearanceEncoder):
+    if not isinstance(model, AppearanceEncoder):
         raise TypeError("engine 'dgnet' needs the model dgnet_resnet50, got {}".format(
-            type(unwrap_model(model)).__name__))
+            type(model).__name__))
     check_config(cfg)
     d = cfg.dgnet
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from plugins import CriticUpdateHook, PluginEngine
-from plugins.engine import accuracy, engine_options, logits_of, reid_loss_terms, unwrap_model
+from plugins.engine import accuracy, engine_options, logits_of, reid_loss_terms
 
 from .model import Critic
 
@@ -75,7 +75,7 @@ def _mean_of(field):
 
 def build_scal_engine(cfg, datamanager, model, optimizer, scheduler):
     """Engine builder registered as ``scal`` (called by ``plugins.build_engine``)."""
-    net = unwrap_model(model)
+    net = model
     if not hasattr(net, 'agents'):
         raise TypeError("engine 'scal' needs a SCAL model (scal_spatial_resnet50, "
                         'scal_channel_resnet50), got {}'.format(type(net).__name__))

@@ -11,7 +11,6 @@ import sys
 import torch
 
 from plugins import distributed
-from plugins.engine import unwrap_model
 from plugins.launch import build_run, setup_config
 
 STEPS = 3
@@ -27,7 +26,7 @@ def main(config, root, save_dir, *opts):
         engine.forward_backward(data)
     for name in engine.get_model_names():
         params = torch.cat([p.detach().double().flatten()
-                            for p in unwrap_model(engine._models[name]).parameters()])
+                            for p in engine._models[name].parameters()])
         sums = distributed.gather_objects(float(params.sum()))
         if distributed.is_main():
             print('CHECKSUM', name, ' '.join(repr(s) for s in sums), flush=True)
