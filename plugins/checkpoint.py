@@ -60,14 +60,26 @@ def atomic_save(obj, fpath):
             os.remove(tmp)
 
 
+def on_cpu(obj):
+    """``obj`` with every tensor inside (dicts, lists, tuples) copied to the CPU."""
+    if torch.is_tensor(obj):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return type(obj)((k, on_cpu(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(on_cpu(v) for v in obj)
+    return obj
+
+
 def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=False, name=None):
-    """Drop-in for torchreid's ``save_checkpoint``: plain numbers, atomic write.
+    """Drop-in for torchreid's ``save_checkpoint``: plain numbers, tensors on the CPU (a
+    GPU run's checkpoint loads with a plain ``torch.load`` anywhere), atomic write.
 
     Writes ``save_dir/<name>`` (default ``model.pth.tar-<epoch>``) and, when
     ``is_best``, copies it to ``model-best.pth.tar``. Returns the path written.
     """
     state = {k: (plain(v) if k not in ('state_dict', 'optimizer', 'scheduler') else v)
-             for k, v in state.items()}
+             for k, v in on_cpu(state).items()}
     if remove_module_from_keys:
         state['state_dict'] = {
             (k[len('module.'):] if k.startswith('module.') else k): v

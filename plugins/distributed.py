@@ -59,12 +59,25 @@ def init_from_env(use_gpu):
         return None
     if not is_distributed():
         backend = 'nccl' if use_gpu else 'gloo'
-        if use_gpu:
-            torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0')))  # before the group starts
+        if use_gpu:  # before the group starts
+            torch.cuda.set_device(local_device_index(int(os.environ.get('LOCAL_RANK', '0')),
+                                                     torch.cuda.device_count()))
         # rank 0 alone evaluates (and generates synthreid) while the others wait at a
         # barrier: NCCL's 10-minute default would abort them on a large gallery
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(hours=2))
     return torch.device('cuda', torch.cuda.current_device()) if use_gpu else torch.device('cpu')
+
+
+def local_device_index(local_rank, visible_devices):
+    """The GPU index this rank uses: ``LOCAL_RANK`` among the visible GPUs, or the only one
+    when the launcher shows each process a single GPU (SLURM, some schedulers)."""
+    if visible_devices == 1:
+        return 0
+    if 0 <= local_rank < visible_devices:
+        return local_rank
+    raise RuntimeError('LOCAL_RANK={} but this process sees {} GPU(s) (CUDA_VISIBLE_DEVICES={!r}): '
+                       'launch at most one process per visible GPU, or show each process one GPU'
+                       .format(local_rank, visible_devices, os.environ.get('CUDA_VISIBLE_DEVICES')))
 
 
 def shutdown():

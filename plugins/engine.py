@@ -31,7 +31,7 @@ from .losses import BatchHardTriplet, CrossEntropyLabelSmooth
 from .precision import Precision, step_unless, use_fused_step
 from .registry import Registry
 from .resilience import (NonFiniteLossError, StopOnSignal, TrainingInterrupted, checkpoint_name,
-                         rng_state, set_rng_state)
+                         nondeterministic_kernels_reported, rng_state, set_rng_state)
 
 ENGINES = Registry('engine')
 
@@ -116,6 +116,7 @@ class PluginEngine(Engine):
         self._resume_point = None
         self._epoch_rng = None
         self._stop = StopOnSignal()
+        self._shared_stop = None  # reads the ranks' last shared stop flags
         self.batch_idx = 0
         self.save_dir = 'log'
 
@@ -323,7 +324,9 @@ class PluginEngine(Engine):
         tick = time.time()
         done = first
         for self.batch_idx, data in enumerate(batches, start=first):
-            meter.add(self.forward_backward(data))
+            run_start = (self.epoch, self.batch_idx) == (self.start_epoch, first)
+            with nondeterministic_kernels_reported(once=run_start):
+                meter.add(self.forward_backward(data))
             done = self.batch_idx + 1
             if done % print_freq == 0:
                 tick = self._log(meter, done, tick)
@@ -338,16 +341,24 @@ class PluginEngine(Engine):
     def _stop_requested(self, done=0, agree_now=False):
         """Whether a signal arrived (on any rank: all must stop at the same step).
 
-        Under torchrun the ranks agree every ``STOP_CHECK_STEPS`` steps (or now, with
-        ``agree_now``), so the collective costs no per-step synchronisation.
+        Under torchrun the ranks share their flags every ``STOP_CHECK_STEPS`` steps
+        and act on the flags shared the time before, which reached the host long
+        ago: no step waits for the device. ``agree_now`` (between epochs) shares and
+        reads at once.
         """
         signum = self._stop.signum
         if distributed.is_distributed():
             if done % self.STOP_CHECK_STEPS and not agree_now:
                 return False
-            flag = torch.tensor([signum or 0], device=self.device)
-            signum = int(distributed.all_reduce_max(flag).item()) or None
-            self._stop.signum = signum
+            flag = torch.full((1,), signum or 0, device=self.device)
+            if agree_now:
+                agreed = distributed.all_reduce_max(flag).item()
+            else:
+                agreed = self._shared_stop() if self._shared_stop is not None else 0
+                self._shared_stop = _read_later(distributed.all_reduce_max(flag))
+            signum = int(agreed) or None
+            if signum is not None:
+                self._stop.signum = signum
         if signum is not None:
             print('Received {}: saving a checkpoint'.format(signal.Signals(signum).name), flush=True)
         return signum is not None

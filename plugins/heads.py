@@ -5,10 +5,13 @@ Luo et al., "Bag of Tricks and a Strong Baseline for Deep Person Re-identificati
 classifier reads the batch-normalised one. Every project with a BNNeck head
 (RGA, API-Net, SCAL, ...) builds it here.
 """
+import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.nn.functional import all_reduce as all_reduce_with_grad
 
-__all__ = ['BNNeck', 'ReIDHead']
+__all__ = ['BNNeck', 'ReIDHead', 'convert_sync_batchnorm']
 
 
 class BNNeck(nn.BatchNorm1d):
@@ -19,29 +22,72 @@ class BNNeck(nn.BatchNorm1d):
     ``forward`` reads it detached, so it stays frozen even when torchreid's
     ``open_all_layers`` turns ``requires_grad`` back on: its gradient is always
     ``None`` and no optimiser touches it.
+
+    With ``sync`` (set by :func:`convert_sync_batchnorm` for ``train.sync_bn``) the
+    training statistics are those of the global batch over all ranks, as
+    SyncBatchNorm's, on any device.
     """
 
     def __init__(self, dim):
         super().__init__(dim)
         self.bias.requires_grad_(False)
+        self.sync = False
 
     def forward(self, x):
         if self.training:
             self.num_batches_tracked.add_(1)
+            if self._synced():
+                return self._global_batch_norm(x, update_running_stats=True)
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight,
                             self.bias.detach(), self.training, self.momentum, self.eps)
 
     def batch_normalise(self, x):
         """What ``forward`` returns for ``x`` in the current mode, without touching the running stats.
 
-        In training mode this normalises with ``x``'s own batch statistics, as
-        ``forward`` did when it produced ``x``'s neck feature; the running
-        estimates are not updated a second time.
+        In training mode this normalises with ``x``'s own batch statistics (the
+        global batch's with ``sync``), as ``forward`` did when it produced ``x``'s
+        neck feature; the running estimates are not updated a second time.
         """
         if not self.training:
             return self(x)
+        if self._synced():
+            return self._global_batch_norm(x, update_running_stats=False)
         return F.batch_norm(x, None, None, self.weight, self.bias.detach(), training=True,
                             eps=self.eps)
+
+    def _synced(self):
+        return self.sync and dist.is_available() and dist.is_initialized() \
+            and dist.get_world_size() > 1
+
+    def _global_batch_norm(self, x, update_running_stats):
+        """Batch norm with the statistics of every rank's ``x`` together (differentiable all-reduce)."""
+        xf = x.float()
+        local = torch.cat([xf.sum(0), (xf * xf).sum(0), xf.new_full((1,), x.shape[0])])
+        total = all_reduce_with_grad(local)
+        dim = x.shape[1]
+        count = total[-1]
+        mean = total[:dim] / count
+        var = (total[dim:2 * dim] / count - mean * mean).clamp_min(0)  # biased, as BN normalises
+        if update_running_stats:
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach(), self.momentum)
+                self.running_var.lerp_(var.detach() * count / (count - 1), self.momentum)
+        y = (xf - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias.detach()
+        return y.to(x.dtype)
+
+
+def convert_sync_batchnorm(module):
+    """``train.sync_bn``: torch's SyncBatchNorm for every BatchNorm of ``module``, except
+    that a :class:`BNNeck` stays a BNNeck (frozen bias, one running-statistics update
+    per step) with ``sync`` on. Returns the converted module."""
+    if isinstance(module, BNNeck):
+        module.sync = True
+        return module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in list(module.named_children()):
+        setattr(module, name, convert_sync_batchnorm(child))
+    return module
 
 
 class ReIDHead(nn.Module):
@@ -74,7 +120,6 @@ class ReIDHead(nn.Module):
                 self.EVAL_FEATURES, eval_feature))
         self.loss = loss
         self.eval_feature = eval_feature
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.neck = BNNeck(dim) if bnneck else nn.Identity()
         self.classifier = nn.Sequential(nn.Dropout(dropout),
                                         nn.Linear(dim, num_classes, bias=classifier_bias))
@@ -83,11 +128,17 @@ class ReIDHead(nn.Module):
             nn.init.zeros_(self.classifier[1].bias)
 
     def forward(self, maps):
-        pooled = self.pool(maps).flatten(1)
+        pooled = self.pool(maps)
         if not self.training:
             return self.neck(pooled) if self.eval_feature == 'bnneck' else pooled
         logits = self.classifier(self.neck(pooled))
         return logits if self.loss == 'softmax' else (logits, pooled)
+
+    @staticmethod
+    def pool(maps):
+        """Global average pooling, (B, C, h, w) -> (B, C). A mean rather than
+        ``AdaptiveAvgPool2d``, whose CUDA backward has no deterministic implementation."""
+        return maps.mean((2, 3))
 
     def neck_features(self, pooled):
         """The classifier-input features of a training output's pooled features.

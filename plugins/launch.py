@@ -20,6 +20,7 @@ from . import distributed, samplers
 from .checkpoint import load_weights_strict
 from .datasets import synthreid
 from .engine import build_engine
+from .heads import convert_sync_batchnorm
 from .models import build_model
 from .resilience import latest_checkpoint
 from .samplers import set_sampler_options
@@ -49,9 +50,22 @@ def check_config(cfg):
     if cfg.loss.name == 'triplet' and cfg.loss.triplet.weight_x == 0 and cfg.train.fixbase_epoch:
         raise ValueError('train.fixbase_epoch needs loss.triplet.weight_x > 0: with weight_x 0 the '
                          'classifier is not in the computational graph')
+    if cfg.train.amp == 'bf16' and cfg.use_gpu and not gpu_has_bf16():
+        raise ValueError("train.amp 'bf16' needs a GPU with bfloat16 support (compute capability "
+                         "8.0 or newer: A100, H100, RTX 30xx and later); {} has none. Use "
+                         "train.amp 'fp16' (with gradient scaling) or '' (fp32)".format(
+                             torch.cuda.get_device_name()))
     if cfg.train.sync_bn and not cfg.use_gpu:
         raise ValueError('train.sync_bn needs CUDA (torch.nn.SyncBatchNorm has no CPU kernels); '
                          'set train.sync_bn False to train on CPU')
+
+
+def gpu_has_bf16():
+    """Whether the current GPU computes in bfloat16 natively (not emulated, as on a V100 or T4)."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch before 2.3: no emulation to exclude
+        return torch.cuda.is_bf16_supported()
 
 
 # glibc's mallopt parameters (malloc.h) and its largest mmap threshold on 64-bit systems
@@ -195,7 +209,7 @@ def build_run(cfg, verbose=True):
     if cfg.use_gpu:
         model = model.cuda()
     if cfg.train.sync_bn and distributed.is_distributed():
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = convert_sync_batchnorm(model)
     optimizer = host_optim.build_optimizer(model, **C.optimizer_kwargs(cfg))
     scheduler = build_lr_scheduler(optimizer, **C.lr_scheduler_kwargs(cfg))
     engine = build_engine(cfg, datamanager, model, optimizer, scheduler)

@@ -8,6 +8,8 @@ every step, and its triplet loss mines each anchor in a Python loop.
 import torch
 import torch.nn.functional as F
 
+from .precision import fp32
+
 
 class CrossEntropyLabelSmooth(torch.nn.Module):
     """Label-smoothed cross-entropy (Szegedy et al. 2016), targets ``(1 - eps) y + eps / C``.
@@ -25,10 +27,17 @@ class CrossEntropyLabelSmooth(torch.nn.Module):
 
 
 def pairwise_euclidean(features):
-    """Euclidean distances as torchreid computes them: ``sqrt(clamp(|x|^2 + |y|^2 - 2 x.y, 1e-12))``."""
-    sq = features.pow(2).sum(dim=1, keepdim=True)
-    dist = torch.addmm(sq + sq.t(), features, features.t(), beta=1, alpha=-2)
-    return dist.clamp(min=1e-12).sqrt()
+    """Euclidean distances as torchreid computes them: ``sqrt(clamp(|x|^2 + |y|^2 - 2 x.y, 1e-12))``.
+
+    Always in fp32 (or the features' wider type), autocast or not: under bf16 the
+    product's error (about 1.7 on distances near 18) exceeds a 0.3 margin and
+    changes which positive and negative are hardest.
+    """
+    with fp32(features.device.type):
+        features = features.float() if features.dtype in (torch.float16, torch.bfloat16) else features
+        sq = features.pow(2).sum(dim=1, keepdim=True)
+        dist = torch.addmm(sq + sq.t(), features, features.t(), beta=1, alpha=-2)
+        return dist.clamp(min=1e-12).sqrt()
 
 
 class BatchHardTriplet(torch.nn.Module):
@@ -44,9 +53,8 @@ class BatchHardTriplet(torch.nn.Module):
         self.margin = margin
 
     def forward(self, features, targets):
-        dist = pairwise_euclidean(features.float())
+        dist = pairwise_euclidean(features)
         same = targets.view(-1, 1) == targets.view(1, -1)
-        inf = torch.tensor(float('inf'), device=dist.device, dtype=dist.dtype)
-        dist_ap = torch.where(same, dist, -inf).amax(dim=1)
-        dist_an = torch.where(same, inf, dist).amin(dim=1)
+        dist_ap = dist.masked_fill(~same, float('-inf')).amax(dim=1)
+        dist_an = dist.masked_fill(same, float('inf')).amin(dim=1)
         return F.relu(dist_ap - dist_an + self.margin).mean()

@@ -67,7 +67,10 @@ class Precision:
 
 
 def fp32(device_type):
-    """Context in which autocast is off, so products run in the inputs' (fp32) precision."""
+    """Context in which autocast is off, so products run in the inputs' (fp32) precision
+    (nothing to switch off on devices without autocast, such as ``meta``)."""
+    if device_type not in ('cpu', 'cuda'):
+        return contextlib.nullcontext()
     return torch.autocast(device_type, enabled=False)
 
 

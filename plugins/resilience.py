@@ -4,8 +4,9 @@
   running step, saves every network, optimiser, scheduler and hook with the
   epoch, iteration and RNG state, and raises :class:`TrainingInterrupted`. A
   second SIGINT interrupts at once.
-* :func:`rng_state` / :func:`set_rng_state`: python, numpy, torch (and CUDA) RNG
-  states as tensors and lists, so checkpoints stay ``weights_only`` loadable.
+* :func:`rng_state` / :func:`set_rng_state`: python, numpy, torch (and this
+  process's CUDA device) RNG states as tensors and lists, so checkpoints stay
+  ``weights_only`` loadable and resume with any number of visible GPUs.
 * :func:`latest_checkpoint`: what ``model.resume auto`` (``--resume auto``) picks:
   the newest checkpoint in ``save_dir`` that loads completely, skipping corrupt
   or incomplete ones with a message.
@@ -13,11 +14,13 @@
 Checkpoint files are ``model.pth.tar-N`` after N finished epochs and
 ``model.pth.tar-N+iterI`` when stopped after I iterations of epoch N+1.
 """
+import contextlib
 import glob
 import os.path as osp
 import random
 import re
 import signal
+import warnings
 
 import numpy as np
 import torch
@@ -83,8 +86,39 @@ def rng_state():
         'torch': torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state['cuda'] = torch.cuda.get_rng_state_all()
+        state['cuda'] = torch.cuda.get_rng_state()  # this process's GPU (one per rank)
     return state
+
+
+NONDETERMINISTIC = ' does not have a deterministic implementation'
+
+
+@contextlib.contextmanager
+def nondeterministic_kernels_reported(once=True):
+    """With ``train.deterministic``, print which kernels of the block have no deterministic
+    implementation on this device (torch only warns, ``warn_only=True``).
+
+    The engine wraps each epoch's first step: a resumed run repeats an
+    uninterrupted one's losses exactly only when nothing is printed (always on CPU;
+    on CUDA, for example, not with bilinear interpolation's or ``roi_align``'s
+    backward, CASN, or ``ReflectionPad2d``'s backward, DG-Net). Other warnings pass.
+    """
+    if not (once and torch.are_deterministic_algorithms_enabled()
+            and torch.is_deterministic_algorithms_warn_only_enabled()):
+        yield
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        yield
+    kernels = sorted({str(w.message).split(NONDETERMINISTIC)[0] for w in caught
+                      if NONDETERMINISTIC in str(w.message)})
+    for w in caught:
+        if NONDETERMINISTIC not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if kernels:
+        print('train.deterministic: {} ran without a deterministic implementation on this '
+              'device, so a resumed run\'s losses will differ slightly from an uninterrupted '
+              'run\'s'.format(', '.join(kernels)), flush=True)
 
 
 def _as_tuples(value):
@@ -99,7 +133,10 @@ def set_rng_state(state):
                          n['gauss']))
     torch.set_rng_state(state['torch'])
     if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+        cuda = state['cuda']
+        if isinstance(cuda, (list, tuple)):  # older checkpoints: every visible GPU's state
+            cuda = cuda[min(torch.cuda.current_device(), len(cuda) - 1)]
+        torch.cuda.set_rng_state(cuda)
 
 
 def checkpoint_name(epoch, iteration=0):

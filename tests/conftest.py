@@ -196,15 +196,17 @@ def market_subset(tmp_path_factory):
     return extract_market_subset(tarball, root, MARKET_SUBSET_IDS, MARKET_SUBSET_IDS, 100, seed=0)
 
 
-def ddp_rank_checksums(config, tmp_path, *opts):
-    """``{network: [checksum of rank 0, of rank 1]}`` after a few steps of ``config`` under
-    torchrun with 2 gloo processes on CPU (see ``tests/plugins/ddp_rank_sync.py``)."""
+def ddp_rank_checksums(configs, tmp_path, *opts):
+    """``{(config file name, network): [checksum of rank 0, of rank 1]}`` after two steps of
+    each of ``configs`` (a path or a list) under torchrun with 2 gloo processes on CPU (see
+    ``tests/plugins/ddp_rank_sync.py``), all in one launch."""
+    configs = [configs] if isinstance(configs, str) else list(configs)
     proc = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-         os.path.join(REPO, 'tests', 'plugins', 'ddp_rank_sync.py'), config,
+         os.path.join(REPO, 'tests', 'plugins', 'ddp_rank_sync.py'), ','.join(configs),
          str(tmp_path / 'data'), str(tmp_path / 'log'), *opts],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, capture_output=True, text=True, timeout=1800,
         env={**os.environ, 'OMP_NUM_THREADS': '1'})
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return {line.split()[1]: [float(v) for v in line.split()[2:]]
+    assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
+    return {tuple(line.split()[1:3]): [float(v) for v in line.split()[3:]]
             for line in proc.stdout.splitlines() if line.startswith('CHECKSUM ')}

@@ -27,6 +27,8 @@ from collections import namedtuple
 import torch
 import torch.nn.functional as F
 
+from plugins.precision import fp32
+
 Pairs = namedtuple('Pairs', ['anchor', 'partner', 'valid'])
 Pairs.__doc__ = """2B pairs of batch indices: rows ``0..B-1`` intra, ``B..2B-1`` inter.
 
@@ -38,14 +40,16 @@ Pairs.__doc__ = """2B pairs of batch indices: rows ``0..B-1`` intra, ``B..2B-1``
 def pairwise_sq_distances(features):
     """Squared Euclidean distances ``|f_i|^2 + |f_j|^2 - 2 f_i.f_j`` (B, B), detached, float32+.
 
-    Clamped at 0 against rounding. Shared by :func:`mine_pairs` and
+    Clamped at 0 against rounding. Computed in fp32 even under autocast (whose
+    bf16 product would choose other partners). Shared by :func:`mine_pairs` and
     :func:`reference_pairs_loop`, so both select from identical values.
     """
     f = features.detach()
     if f.dtype in (torch.float16, torch.bfloat16):
         f = f.float()
-    sq = (f * f).sum(dim=1)
-    return (sq[:, None] + sq[None, :] - 2.0 * (f @ f.t())).clamp_min_(0)
+    with fp32(f.device.type):
+        sq = (f * f).sum(dim=1)
+        return (sq[:, None] + sq[None, :] - 2.0 * (f @ f.t())).clamp_min_(0)
 
 
 def select_pairs(dist, pids):

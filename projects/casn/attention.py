@@ -60,9 +60,8 @@ def threshold_boxes(cams, threshold):
     """
     _, h, w = cams.shape
     above = cams.detach() > threshold
-    rows, cols = above.any(2), above.any(1)
-    empty = ~rows.any(1)
-    rows[empty], cols[empty] = True, True
+    empty = ~above.flatten(1).any(1, keepdim=True)
+    rows, cols = above.any(2) | empty, above.any(1) | empty
     r = torch.arange(h, device=cams.device)
     c = torch.arange(w, device=cams.device)
     y1 = torch.where(rows, r, h).min(1).values
@@ -79,30 +78,32 @@ def aligned_attention(cams, threshold, size):
     ``align_corners=True``), so nothing outside the crop leaks in.
     """
     kept = cams * (cams > threshold).to(cams.dtype)
-    boxes = threshold_boxes(cams, threshold) + torch.tensor([0.5, 0.5, -0.5, -0.5],
-                                                            dtype=cams.dtype, device=cams.device)
+    corners = threshold_boxes(cams, threshold)
+    boxes = torch.cat([corners[:, :2] + 0.5, corners[:, 2:] - 0.5], 1)  # first/last cell centres
     index = torch.arange(len(cams), device=cams.device, dtype=cams.dtype)[:, None]
     return roi_align(kept[:, None], torch.cat([index, boxes], 1), output_size=size,
                      spatial_scale=1.0, sampling_ratio=2, aligned=True)[:, 0]
 
 
-def siamese_attention_loss(model, maps, positive_a, positive_b, threshold=0.5):
+def siamese_attention_loss(model, maps, positive, threshold=0.5):
     """``L_sa``: L2 distance between the aligned Siamese attention maps of each positive pair.
 
-    Importance score ``s_i`` = the sum of the positive entries of image i's
-    Siamese embedding, the neurons that drive the verification prediction (the
-    authors' reading, quoted in the seed notes); its Grad-CAM on the conv maps,
-    thresholded at ``threshold``, cropped to the region above it and resized to
-    the map size, gives ``M'_i``; the loss is ``mean ||M'_a - M'_b||_2`` over the
-    positive pairs (0 when there is none). Consistent attention across two views
-    of one person is the point of the Siamese module.
+    ``maps`` hold pairs of images ``(2i, 2i + 1)``; ``positive`` (B/2,) flags the
+    pairs of one identity. Importance score ``s_i`` = the sum of the positive
+    entries of image i's Siamese embedding, the neurons that drive the
+    verification prediction (the authors' reading, quoted in the seed notes); its
+    Grad-CAM on the conv maps, thresholded at ``threshold``, cropped to the region
+    above it and resized to the map size, gives ``M'_i``; the loss is
+    ``mean ||M'_a - M'_b||_2`` over the positive pairs (0 when there is none, still
+    in the graph, so every step uses the same parameters). Consistent attention
+    across two views of one person is the point of the Siamese module.
     """
-    if len(positive_a) == 0:
-        return maps.sum() * 0
     embeddings = model.siamese(model.features(maps, frozen_stats=True))
     cams = differentiable_cam(maps, F.relu(embeddings).sum(1))
     aligned = aligned_attention(cams, threshold, tuple(maps.shape[-2:]))
-    return (aligned[positive_a] - aligned[positive_b]).flatten(1).norm(dim=1).mean()
+    distances = (aligned[0::2] - aligned[1::2]).flatten(1).norm(dim=1)
+    weights = positive.to(distances.dtype)
+    return (distances * weights).sum() / weights.sum().clamp_min(1)  # masked mean: no host read
 
 
 def casn_attention_maps(model, images):

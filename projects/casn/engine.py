@@ -54,9 +54,8 @@ def verification_term(weight):
 
 def sa_term(weight, threshold):
     def fn(engine, batch, logits):
-        positive = pair_labels(batch['pid']).nonzero().view(-1)
-        return siamese_attention_loss(engine.model, batch[STEP_KEY].maps, 2 * positive,
-                                      2 * positive + 1, threshold)
+        return siamese_attention_loss(engine.model, batch[STEP_KEY].maps,
+                                      pair_labels(batch['pid']), threshold)
     return LossTerm('loss_sa', weight, fn)
 
 

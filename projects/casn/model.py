@@ -89,8 +89,11 @@ class CASNNet(nn.Module):
         conv, bn, relu = self.reduce
         x = conv(stripes)
         if frozen_stats and self.training:
-            mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3), unbiased=False)
-            x = F.batch_norm(x, mean.detach(), var.detach(), bn.weight, bn.bias, False, 0.0, bn.eps)
+            # statistics in fp32 like BatchNorm's own (under autocast x is bf16/fp16, and
+            # batch_norm takes reduced-precision inputs only with fp32 statistics and affine)
+            stats = x.detach().float()
+            mean, var = stats.mean((0, 2, 3)), stats.var((0, 2, 3), unbiased=False)
+            x = F.batch_norm(x, mean, var, bn.weight, bn.bias, False, 0.0, bn.eps)
         else:
             x = bn(x)
         return relu(x).flatten(2).transpose(1, 2).flatten(1)  # (B, parts * part_dim), part-major

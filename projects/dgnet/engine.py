@@ -24,7 +24,7 @@ batch statistics). The official code computes each term for a and for b and adds
 them; with equal halves that is :data:`HALVES` times the mean over both.
 """
 import contextlib
-import math
+import random
 from collections import namedtuple
 
 import torch
@@ -88,29 +88,30 @@ def random_erase(images, probability, area=(0.02, 0.4), min_aspect=0.3, attempts
     """Random erasing (Zhong et al.) with fill 0, per image, as the official ``RandomErasing``.
 
     With ``probability`` an image gets one rectangle of ``area`` (fraction of the
-    image) and aspect ratio in ``[min_aspect, 1 / min_aspect]``, retried up to
-    ``attempts`` times until it fits. Rectangles are drawn with torch's CPU generator
-    (so resumes replay them) and applied with one mask on the images' device.
+    image) and aspect ratio in ``[min_aspect, 1 / min_aspect]``: the first of
+    ``attempts`` draws that fits, as the official retry loop. All draws are made at
+    once with torch's CPU generator (so resumes replay them), the boxes go to the
+    device through pinned memory, and one mask is applied there: no host loop, no
+    synchronisation.
     """
     n, _, height, width = images.shape
-    boxes = torch.zeros(n, 4, dtype=torch.long)  # top, left, height, width; zero size: untouched
-    for i in range(n):
-        if torch.rand(()) > probability:
-            continue
-        for _ in range(attempts):
-            target = float(torch.empty(()).uniform_(*area)) * height * width
-            aspect = float(torch.empty(()).uniform_(min_aspect, 1 / min_aspect))
-            h = int(round(math.sqrt(target * aspect)))
-            w = int(round(math.sqrt(target / aspect)))
-            if w < width and h < height:
-                top = int(torch.randint(0, height - h + 1, ()))
-                left = int(torch.randint(0, width - w + 1, ()))
-                boxes[i] = torch.tensor([top, left, h, w])
-                break
-    boxes = boxes.to(images.device, non_blocking=True)
+    erase = torch.rand(n) <= probability
+    target = torch.empty(n, attempts).uniform_(*area) * (height * width)
+    aspect = torch.empty(n, attempts).uniform_(min_aspect, 1 / min_aspect)
+    h = (target * aspect).sqrt().round().long()
+    w = (target / aspect).sqrt().round().long()
+    fits = (h < height) & (w < width)
+    first = fits.long().argmax(1, keepdim=True)  # the first draw that fits
+    found = (fits.any(1) & erase).long()
+    h, w = h.gather(1, first)[:, 0] * found, w.gather(1, first)[:, 0] * found  # 0: untouched
+    top = (torch.rand(n) * (height - h + 1)).long()  # uniform in [0, height - h]
+    left = (torch.rand(n) * (width - w + 1)).long()
+    boxes = torch.stack([top, left, h, w], 1)
+    if images.device.type == 'cuda':
+        boxes = boxes.pin_memory()
+    top, left, h, w = boxes.to(images.device, non_blocking=True).unbind(1)
     rows = torch.arange(height, device=images.device)
     cols = torch.arange(width, device=images.device)
-    top, left, h, w = boxes.unbind(1)
     in_rows = (rows >= top[:, None]) & (rows < (top + h)[:, None])
     in_cols = (cols >= left[:, None]) & (cols < (left + w)[:, None])
     return images.masked_fill(in_rows[:, None, :, None] & in_cols[:, None, None, :], 0)
@@ -207,8 +208,8 @@ class DGNetEngine(PluginEngine):
         """Structure codes of (x_ab, x_ba): with probability ``use_encoder_again`` E_s learns
         on the detached fakes, otherwise a frozen E_s passes the gradient to G."""
         encoder = self.generator.structure_encoder
-        draw = torch.Generator().manual_seed(self.seed * 1000003 + self.iteration)  # one per iteration, all ranks
-        if float(torch.rand((), generator=draw)) <= self.dgnet.use_encoder_again:
+        draw = random.Random(self.seed * 1000003 + self.iteration)  # one per iteration, all ranks
+        if draw.random() <= self.dgnet.use_encoder_again:
             return encoder(fakes.detach())
         with frozen(encoder):
             return encoder(fakes)

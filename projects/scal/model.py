@@ -141,7 +141,7 @@ class SCALNet(nn.Module):
         out = maps if return_featuremaps else self.head(maps)
         if not return_attention:
             return out
-        result = (out, att, self.head.pool(maps).flatten(1))
+        result = (out, att, self.head.pool(maps))
         if with_reference:
             with torch.no_grad(), batchnorm_stats_frozen(self):
                 result += (self.head(self._stages(stem, attention=False)[0]),)

@@ -1,11 +1,14 @@
-"""Under ``torch.distributed.run``: build a config's run, take a few training steps on each
-rank's shard, and print one checksum line per registered network and rank.
+"""Under ``torch.distributed.run``: build each config's run, take a few training steps on
+each rank's shard, and print one checksum line per config, registered network and rank.
 
-Used by project tests whose engines call the model's methods outside DDP's forward
-(CASN's verifier, API-Net's pair interaction): their gradients must still be averaged.
-Usage: ``python -m torch.distributed.run --standalone --nproc_per_node 2 ddp_rank_sync.py
-CONFIG DATA_ROOT SAVE_DIR [KEY VALUE ...]``.
+Every engine's networks must stay equal on every rank whatever the step does with
+them (calls outside ``forward``, several calls per backward, parameters without a
+gradient, frozen layers during ``train.fixbase_epoch``, which is applied as at
+epoch 0). Usage: ``python -m torch.distributed.run --standalone --nproc_per_node 2
+ddp_rank_sync.py CONFIG[,CONFIG...] DATA_ROOT SAVE_DIR [KEY VALUE ...]``; each line
+reads ``CHECKSUM <config> <network> <rank 0> <rank 1>``.
 """
+import os.path as osp
 import sys
 
 import torch
@@ -13,23 +16,30 @@ import torch
 from plugins import distributed
 from plugins.launch import build_run, setup_config
 
-STEPS = 3
+STEPS = 2
 
 
-def main(config, root, save_dir, *opts):
+def rank_checksums(config, root, save_dir, opts):
     cfg = setup_config(config, ['use_gpu', 'False', 'data.workers', '0', 'data.save_dir', save_dir,
                                 *opts], root=root)
     engine = build_run(cfg, verbose=False)
     engine.max_epoch, engine.epoch = 1, 0
     engine.set_model_mode('train')
+    engine.two_stepped_transfer_learning(0, cfg.train.fixbase_epoch, cfg.train.open_layers)
     for step, data in zip(range(STEPS), engine.train_loader):
         engine.forward_backward(data)
-    for name in engine.get_model_names():
-        params = torch.cat([p.detach().double().flatten()
-                            for p in engine._models[name].parameters()])
+    engine.read_step_flags()  # raises if some parameter had a gradient on one rank only
+    name = osp.basename(config)
+    for net in engine.get_model_names():
+        params = torch.cat([p.detach().double().flatten() for p in engine._models[net].parameters()])
         sums = distributed.gather_objects(float(params.sum()))
         if distributed.is_main():
-            print('CHECKSUM', name, ' '.join(repr(s) for s in sums), flush=True)
+            print('CHECKSUM', name, net, ' '.join(repr(s) for s in sums), flush=True)
+
+
+def main(configs, root, save_dir, *opts):
+    for config in configs.split(','):
+        rank_checksums(config, root, osp.join(save_dir, osp.basename(config)), opts)
     distributed.shutdown()
 
 

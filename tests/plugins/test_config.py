@@ -139,3 +139,22 @@ def test_shipped_open_layers_name_modules_of_the_model():
             open_specified_layers(model, cfg.train.open_layers)
             checked += 1
     assert checked >= 1
+
+
+def test_removed_key_says_why(tmp_path):
+    path = tmp_path / 'old.yaml'
+    path.write_text('train:\n  find_unused_parameters: True\n')
+    with pytest.raises(KeyError, match=r"'train.find_unused_parameters' in .*old.yaml was removed"):
+        merge_from_file(get_default_config(), str(path))
+
+
+def test_bf16_on_a_gpu_without_it_fails_at_config_time(monkeypatch):
+    from plugins import launch
+    monkeypatch.setattr(launch, 'gpu_has_bf16', lambda: False)
+    monkeypatch.setattr(launch.torch.cuda, 'get_device_name', lambda *a: 'Tesla V100-SXM2-16GB')
+    cfg = get_default_config()
+    cfg.use_gpu, cfg.train.amp = True, 'bf16'
+    with pytest.raises(ValueError, match=r"train.amp 'bf16' needs a GPU with bfloat16 .*V100"):
+        launch.check_config(cfg)
+    cfg.train.amp = 'fp16'
+    launch.check_config(cfg)

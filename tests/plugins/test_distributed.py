@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from plugins.checkpoint import load_checkpoint
-from plugins.distributed import BatchShard
+from plugins.distributed import BatchShard, GradientAverager, local_device_index
 from plugins.samplers import PKSampler, PairwiseSampler
 
 from conftest import REPO, TINY_SYNTHREID
@@ -101,3 +101,46 @@ def test_two_gloo_processes_train_like_one_process_on_the_global_batch(tmp_path)
         trained = load_checkpoint(str(single / net / 'model.pth.tar-2'))['state_dict']
         assert not torch.equal(trained['weight'], module.weight.detach())  # they did train
     assert sorted(os.listdir(ddp / 'model')) == ['model.pth.tar-2']  # one writer
+
+
+@pytest.mark.parametrize('local_rank, visible, expected', [(0, 8, 0), (3, 8, 3), (3, 1, 0), (0, 1, 0)])
+def test_each_rank_takes_its_gpu_or_the_only_one_it_sees(local_rank, visible, expected):
+    assert local_device_index(local_rank, visible) == expected
+
+
+def test_more_ranks_than_visible_gpus_is_named():
+    with pytest.raises(RuntimeError, match=r'LOCAL_RANK=3 but this process sees 2 GPU'):
+        local_device_index(3, 2)
+
+
+def test_gradients_of_parameters_unused_by_a_step_stay_none():
+    """Without torchrun the averager does nothing; frozen and unused parameters keep None."""
+    averager = GradientAverager()
+    used, unused = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    (used * 3).sum().backward()
+    assert averager([used, unused]) is None
+    assert torch.equal(used.grad, torch.full((2,), 3.0)) and unused.grad is None
+
+
+def _averager_rank(rank, world, init_file, out_file):
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method='file://' + init_file, rank=rank, world_size=world)
+    averager = GradientAverager()
+    shared, only_rank0, frozen = (torch.nn.Parameter(torch.ones(3)) for _ in range(3))
+    frozen.requires_grad_(False)
+    loss = shared.sum() * (rank + 1) + (only_rank0.sum() if rank == 0 else 0)
+    loss.backward()
+    mismatch = averager([shared, only_rank0, frozen])
+    torch.save({'shared': shared.grad, 'only': only_rank0.grad, 'frozen': frozen.grad,
+                'mismatch': bool(mismatch)}, out_file.format(rank))
+    dist.destroy_process_group()
+
+
+def test_gradient_averaging_over_two_gloo_ranks_flags_a_parameter_used_on_one_rank(tmp_path):
+    torch.multiprocessing.spawn(_averager_rank, args=(2, str(tmp_path / 'init'),
+                                                      str(tmp_path / 'rank{}.pt')), nprocs=2)
+    ranks = [torch.load(str(tmp_path / 'rank{}.pt'.format(r))) for r in range(2)]
+    for r in ranks:
+        assert torch.equal(r['shared'], torch.full((3,), 1.5))  # (1 + 2) / 2
+        assert r['frozen'] is None and r['mismatch']  # only_rank0 had a gradient on rank 0 alone
+    assert torch.equal(ranks[0]['only'], torch.full((3,), 0.5)) and ranks[1]['only'] is None

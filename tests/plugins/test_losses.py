@@ -47,3 +47,24 @@ def test_triplet_ties_and_duplicates_match_the_host():
     torch.testing.assert_close(lo, lh)
     torch.testing.assert_close(go, gh)
 
+
+
+def reid_like_features(batch=64, dim=2048, seed=0):
+    """Post-ReLU pooled features with norms near 18 and close distances, as a ReID trunk's."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(batch // 4, dim, generator=g).repeat_interleave(4, 0)
+    return (base + 0.3 * torch.rand(batch, dim, generator=g)) * 0.6, torch.arange(batch) // 4
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_triplet_mining_under_autocast_equals_fp32(dtype):
+    """autocast would run the distance product in bf16/fp16 (errors above the 0.3 margin)."""
+    features, pids = reid_like_features()
+    expected = BatchHardTriplet(0.3)(features, pids)
+    with torch.autocast('cpu', dtype=dtype):
+        loss = BatchHardTriplet(0.3)(features, pids)
+        product = features @ features.t()  # what autocast makes of the distance product
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+    error = (product.float() - features @ features.t()).abs().max()
+    assert error > (1.0 if dtype == torch.bfloat16 else 0.05)  # the case is a real one

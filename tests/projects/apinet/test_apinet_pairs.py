@@ -129,3 +129,15 @@ def test_mining_is_detached_and_stays_on_the_device():
 def test_bad_shapes_are_reported():
     with pytest.raises(ValueError, match='mine_pairs needs'):
         mine_pairs(torch.randn(4, 3), torch.arange(5))
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_mining_under_autocast_picks_the_fp32_pairs(dtype):
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(32, 2048, generator=g).repeat_interleave(4, 0)
+    features = (base + 0.3 * torch.rand(128, 2048, generator=g)) * 0.6  # norms near 18, close pairs
+    pids = torch.arange(128) // 4
+    expected = mine_pairs(features, pids)
+    with torch.autocast('cpu', dtype=dtype):
+        pairs = mine_pairs(features, pids)
+    assert all(torch.equal(a, b) for a, b in zip(pairs, expected))
