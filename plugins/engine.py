@@ -155,8 +155,8 @@ class PluginEngine(Engine):
     def forward_backward(self, data):
         """One training step; returns ``{name: detached tensor}`` (read only when logging)."""
         batch = self.parse_batch(data)
-        if 'skipped_images' in data:  # unreadable files replaced (data.skip_bad_images), on the CPU
-            self.skipped_images += int(data['skipped_images'].sum())
+        if 'skipped_images' in data:  # unreadable files replaced (data.skip_bad_images)
+            self._flags.record_skipped_images(data['skipped_images'].sum())
         log = {}
         with self.precision.autocast():
             for hook in self.hooks:
@@ -188,7 +188,7 @@ class PluginEngine(Engine):
         is non-finite on any rank.
 
         Every network's update goes through here (hooks included), so mixed
-        precision, distributed averaging, DDP-consistent skipping and counting apply
+        precision, distributed averaging, rank-consistent skipping and counting apply
         to all of them. A joint step uses the gradient scaler of the first
         optimiser's network. Nothing is read on the host: fused optimisers skip on
         the device flag (under fp16, GradScaler's own overflow flag), and the flags
@@ -244,6 +244,7 @@ class PluginEngine(Engine):
         if flags is None:
             return
         self.skipped_steps += flags['skipped']
+        self.skipped_images += flags['skipped_images']
         self.nonfinite_in_a_row = flags['streak']
         if flags['mismatch']:
             raise RuntimeError(
@@ -446,6 +447,7 @@ class PluginEngine(Engine):
             self._models[name].load_state_dict(ckpt['state_dict'])
             if self._optims[name] is not None and ckpt.get('optimizer'):
                 self._optims[name].load_state_dict(ckpt['optimizer'])
+                use_fused_step(self._optims[name])  # the saved groups' flags came with it
             if self._scheds[name] is not None and ckpt.get('scheduler'):
                 self._scheds[name].load_state_dict(ckpt['scheduler'])
             if name == 'model':
@@ -512,6 +514,10 @@ class _StepFlags:
 
     def _clear(self):
         self.terms, self.step_bad, self.skipped, self.worst, self.mismatch = {}, None, None, None, None
+        self.skipped_images = 0  # a sum of the loader's (CPU) counts
+
+    def record_skipped_images(self, count):
+        self.skipped_images = self.skipped_images + count
 
     @staticmethod
     def _max(a, b):
@@ -537,16 +543,18 @@ class _StepFlags:
     def read(self):
         """``{'skipped', 'streak', 'worst', 'mismatch', 'terms'}`` on the host, then start over;
         None when nothing was recorded."""
-        if self.skipped is None and self.mismatch is None:
+        if self.skipped is None and self.mismatch is None and not torch.is_tensor(self.skipped_images):
             return None
         names = sorted(self.terms)
         values = [self.skipped, self.streak, self.worst, self.mismatch] + [self.terms[n] for n in names]
-        device = next(v.device for v in values if v is not None)
+        device = next((v.device for v in values if v is not None), torch.device('cpu'))
         host = torch.stack([torch.zeros((), dtype=torch.int64, device=device) if v is None
                             else v.to(device, torch.int64) for v in values]).tolist()
+        skipped_images = int(self.skipped_images)
         self._clear()
         return {'skipped': host[0], 'streak': host[1], 'worst': host[2], 'mismatch': bool(host[3]),
-                'terms': [n for n, flag in zip(names, host[4:]) if flag]}
+                'terms': [n for n, flag in zip(names, host[4:]) if flag],
+                'skipped_images': skipped_images}
 
 
 def _is_fused(optimizer):

@@ -11,7 +11,7 @@ general hooks here cover what the projects need:
   torchreid checkpoint, adding a KL or feature distillation term.
 
 Networks a hook trains are registered with the engine's ``register_model``, so
-checkpointing, train/eval switching, LR stepping and DDP wrapping cover them;
+checkpointing, train/eval switching, LR stepping and gradient averaging under torchrun cover them;
 their steps go through ``engine.optimizer_step`` (mixed precision, non-finite
 skipping, gradients averaged over the ranks under torchrun). A frozen teacher is deliberately not registered:
 it is never saved.

@@ -116,7 +116,7 @@ def setup_process(cfg):
     distributed.init_from_env(cfg.use_gpu)
     if distributed.is_distributed():
         if cfg.data.type == 'video':
-            raise ValueError('Video re-id keeps torchreid\'s own engines, which have no DDP: '
+            raise ValueError('Video re-id keeps torchreid\'s own engines, which have no distributed support: '
                              'train it without torchrun')
         # each rank its own augmentation and dropout draws (rank 0 draws as a single process)
         set_random_seed(cfg.train.seed + distributed.get_rank())

@@ -17,7 +17,7 @@ NVlabs/DG-Net code (``reIDmodel.py``: ``ft_netAB``, ``ClassBlock``; ``networks.p
   scales and shifts come from :class:`AdaINParameterMLPs` (``mlp_w1..4``,
   ``mlp_b1..4``, 11,544,576 parameters) and are passed to the blocks as arguments
   instead of being written into module attributes as the official code does, so a
-  forward pass keeps no per-batch state (export, DDP, re-entrancy).
+  forward pass keeps no per-batch state (export, re-entrancy).
   :class:`Generator` (``AdaINGen``) holds E_s, the MLPs and G: 13,380,675 parameters.
 * :class:`MultiScaleDiscriminator` (D, ``MsImageDis``): the same patch network at
   3 scales (average pooling between them), no normalisation. 1,025,571 parameters.

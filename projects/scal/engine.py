@@ -6,8 +6,7 @@ One training step (paper Sec. 3.3):
 2. the same network **without attention** (every agent's output replaced by 1),
    under ``no_grad`` with batch statistics and untouched BN running estimates:
    the reference for the amelioration reward; it reuses the stem's output (the
-   first agent comes after the stem), in the same ``model(...)`` call so that a
-   DDP wrapper sees one forward;
+   first agent comes after the stem), in the same ``model(...)`` call;
 3. rewards per image, constants (eqs. 4-6): ``R_c = 1`` if the attention-based
    prediction is right, ``R_a = 1`` if attention raised the true-class
    probability, ``R = R_c + R_a``;

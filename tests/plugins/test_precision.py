@@ -73,3 +73,23 @@ def test_channels_last_model_and_batches(tiny_batch):
     assert engine.parse_batch(tiny_batch)['img'].is_contiguous(memory_format=torch.channels_last)
     amp_step(engine, tiny_batch, torch.float32)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fused_steps_skip_on_a_device_flag_and_survive_loading_an_unfused_state():
+    from plugins.precision import step_unless, use_fused_step
+    param = torch.nn.Parameter(torch.ones(3))
+    plain = torch.optim.Adam([param], lr=0.1)
+    param.grad = torch.ones(3)
+    plain.step()  # an older, unfused checkpoint's state (step count on the CPU)
+    saved = plain.state_dict()
+    optimizer = torch.optim.Adam([param], lr=0.1)
+    assert use_fused_step(optimizer)
+    optimizer.load_state_dict(saved)  # brings back fused=None with the saved groups
+    assert use_fused_step(optimizer) and optimizer.param_groups[0]['fused']
+    before, state = param.detach().clone(), {k: v.clone() for k, v in optimizer.state[param].items()}
+    step_unless(optimizer, torch.tensor(True))
+    assert torch.equal(param, before)  # skipped: weights, moments and step count unchanged
+    assert all(torch.equal(optimizer.state[param][k], v) for k, v in state.items())
+    step_unless(optimizer, torch.tensor(False))
+    assert not torch.equal(param, before) and float(optimizer.state[param]['step']) == 2
+    assert not use_fused_step(torch.optim.RMSprop([param], lr=0.1))  # no fused kernels

@@ -1,0 +1,86 @@
+"""On a GPU: every engine in fp32/bf16/fp16 with no host synchronisation inside a step,
+checkpoints that load without one, resume with fewer GPUs, evaluation equal to the CPU's.
+
+Collected by ``python -m pytest -m cuda`` (``tools/gpu_check.sh`` runs them with the
+benchmark sections); skipped only where no GPU is present.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from plugins.precision import Precision
+from tests.conftest import REPO, amp_step
+from tests.test_shipped_configs import MODEL_ENGINES, TINY, _teacher_opts
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')]
+
+
+@pytest.fixture(scope='module', params=sorted(MODEL_ENGINES), ids=lambda p: '{}-{}'.format(*p))
+def gpu_engine(request, tmp_path_factory):
+    from plugins.launch import build_run, setup_config
+    path = MODEL_ENGINES[request.param]
+    folder = tmp_path_factory.mktemp('gpu')
+    cfg = setup_config(path, [*TINY, 'use_gpu', 'True', 'data.workers', '0',
+                              'data.save_dir', str(folder / 'log'), *_teacher_opts(path, folder)],
+                       root=str(folder / 'data'))
+    torch.manual_seed(0)
+    engine = build_run(cfg, verbose=False)
+    return engine, next(iter(engine.train_loader))
+
+
+@pytest.mark.parametrize('amp', ['', 'bf16', 'fp16'])
+def test_a_gpu_step_never_waits_for_the_device(gpu_engine, amp):
+    """``torch.cuda.set_sync_debug_mode('error')`` raises on any synchronising call in the step."""
+    engine, batch = gpu_engine
+    engine.precision = Precision(amp, engine.device)
+    engine.set_model_mode('train')
+    engine.forward_backward(batch)  # caches fill on the first step
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        log = engine.forward_backward(batch)
+    finally:
+        torch.cuda.set_sync_debug_mode('default')
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in log.values()) or amp == 'fp16'
+    if amp:
+        dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}[amp]
+        amp_step(engine, batch, dtype=dtype, steps=1 if amp == 'bf16' else 3)
+
+
+def test_a_gpu_checkpoint_loads_on_a_machine_without_gpus_and_resumes_on_one(gpu_engine, tmp_path):
+    engine, batch = gpu_engine
+    engine.set_model_mode('train')
+    engine.forward_backward(batch)
+    engine.epoch, engine.batch_idx = 0, 0
+    path = engine.save_model(0, 0, str(tmp_path), iteration=1)
+    plain_load = ('import torch, sys; c = torch.load(sys.argv[1], weights_only=False); '
+                  'print(next(iter(c["state_dict"].values())).device)')
+    proc = subprocess.run([sys.executable, '-c', plain_load, path], capture_output=True, text=True,
+                          env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''}, cwd=REPO)
+    assert proc.returncode == 0 and proc.stdout.strip() == 'cpu', proc.stderr
+    ckpt = torch.load(path, weights_only=False)
+    ckpt['rng'][0]['cuda'] = [ckpt['rng'][0]['cuda']] * 8  # saved by an 8-GPU process (old format)
+    torch.save(ckpt, path)
+    engine.resume(path)  # one visible GPU: no IndexError
+    engine.train_loader = [batch]
+    engine.max_epoch, engine.start_epoch = 1, 0
+    engine.train(print_freq=1)
+
+
+def test_gpu_evaluation_equals_the_cpu(gpu_engine):
+    from plugins.evaluation import compute_distance_matrix, evaluate_rank
+    g = torch.Generator().manual_seed(0)
+    q, gal = torch.randn(30, 64, generator=g), torch.randn(200, 64, generator=g)
+    q_pids, g_pids = torch.randint(0, 20, (30,), generator=g), torch.randint(0, 20, (200,), generator=g)
+    q_cams, g_cams = torch.zeros(30, dtype=torch.long), torch.ones(200, dtype=torch.long)
+    cpu = compute_distance_matrix(q, gal, 'euclidean', device=torch.device('cpu')).cpu().numpy()
+    gpu = compute_distance_matrix(q, gal, 'euclidean', device=torch.device('cuda')).cpu().numpy()
+    args = (q_pids.numpy(), g_pids.numpy(), q_cams.numpy(), g_cams.numpy())
+    cmc_cpu, map_cpu = evaluate_rank(cpu, *args)[:2]
+    cmc_gpu, map_gpu = evaluate_rank(gpu, *args)[:2]
+    assert map_cpu == pytest.approx(map_gpu, abs=1e-4)
+    assert cmc_cpu[:5] == pytest.approx(cmc_gpu[:5], abs=1e-4)

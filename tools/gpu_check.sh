@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The GPU check: every CUDA test, then the GPU branches of the benchmark sections, in one go
+# (about 8 minutes on one H100). Run from the repository root on a machine with a GPU:
+#
+#   tools/gpu_check.sh [OUT_DIR]        # logs and benchmark tables in OUT_DIR (default gpu_check/)
+#
+# Where torchreid, yacs or gdown are missing it installs wheels from .whl/ (git-ignored; make
+# them with `pip wheel --no-deps torchreid==0.2.5 yacs gdown -w .whl`). Exit status: the tests'.
+set -uo pipefail
+out="${1:-${OUT:-gpu_check}}"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+if ! python -c 'import torchreid, yacs' 2>/dev/null; then
+    python -m pip install -q --no-index --no-deps --no-compile --target /tmp/reid_site .whl/*.whl \
+        && export PYTHONPATH="/tmp/reid_site:.${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+python -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' | tee -a "$out/gpu.txt"
+timeout 330 python -m pytest -m cuda tests -q -rs --durations=10 -p no:cacheprovider 2>&1 \
+    | tee "$out/cuda_tests.log"
+status=${PIPESTATUS[0]}
+timeout 240 python tools/benchmark.py --sections dgnet engine rga apinet scal --quick \
+    --out-dir "$out/bench" 2>&1 | tee "$out/benchmark.log"
+exit "$status"
