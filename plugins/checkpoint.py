@@ -5,6 +5,7 @@ default, which since torch 2.6 is ``weights_only=True`` and refuses numpy
 scalars. We never turn safety off: new checkpoints hold plain Python numbers,
 and legacy ones load through an explicit allow-list of numpy scalar types.
 """
+import copy
 import os
 import os.path as osp
 import shutil
@@ -61,11 +62,18 @@ def atomic_save(obj, fpath):
 
 
 def on_cpu(obj):
-    """``obj`` with every tensor inside (dicts, lists, tuples) copied to the CPU."""
+    """``obj`` with every tensor inside (dicts, lists, tuples) copied to the CPU; containers
+    keep their type and extras (a scheduler's ``Counter`` of milestones, a state dict's
+    ``_metadata``)."""
     if torch.is_tensor(obj):
         return obj.cpu()
     if isinstance(obj, dict):
-        return type(obj)((k, on_cpu(v)) for k, v in obj.items())
+        out = copy.copy(obj)
+        for key, value in obj.items():
+            out[key] = on_cpu(value)
+        return out
+    if isinstance(obj, tuple) and hasattr(obj, '_fields'):  # a namedtuple
+        return type(obj)(*(on_cpu(v) for v in obj))
     if isinstance(obj, (list, tuple)):
         return type(obj)(on_cpu(v) for v in obj)
     return obj

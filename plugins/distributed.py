@@ -180,6 +180,28 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[start:start + ctx.size]
 
 
+class _AllReduceWithGrad(torch.autograd.Function):
+    """Sum over ranks whose backward sums the gradients over ranks (each rank's loss uses
+    the total)."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def all_reduce_with_grad(tensor):
+    """``tensor`` summed over the ranks, differentiable (synced batch statistics)."""
+    return _AllReduceWithGrad.apply(tensor) if is_distributed() else tensor
+
+
 def gather_with_grad(tensor):
     """Concatenate ``tensor`` from every rank in rank order; gradients flow back to each rank.
 

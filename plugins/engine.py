@@ -191,22 +191,23 @@ class PluginEngine(Engine):
         precision, distributed averaging, rank-consistent skipping and counting apply
         to all of them. A joint step uses the gradient scaler of the first
         optimiser's network. Nothing is read on the host: fused optimisers skip on
-        the device flag (under fp16, GradScaler's own overflow flag), and the flags
+        the device flag (under fp16 the gradients are made NaN, so that GradScaler
+        skips the step as an overflow and lowers its scale), and the flags
         are read with the logged losses (:meth:`read_step_flags`). Only optimisers
         without fused kernels (RMSprop, RAdam) read the flag, once per step.
         """
         optimizers = list(optimizers) if isinstance(optimizers, (list, tuple)) else [optimizers]
         names = list(terms)
         loss = sum(terms.values())
+        scaler = self.precision.scaler(self._network_of(optimizers[0]))
         skip = read_skip = None
         if self.nonfinite_patience:
             flags = torch.stack([~torch.isfinite(terms[n].detach()).all() for n in names])
             flags = distributed.all_reduce_max(flags.to(torch.uint8))
             self._flags.record_terms(names, flags)
             skip = flags.amax().bool()
-            if not all(_is_fused(o) for o in optimizers):
+            if scaler is None and not all(_is_fused(o) for o in optimizers):
                 read_skip = _read_later(skip)
-        scaler = self.precision.scaler(self._network_of(optimizers[0]))
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         with self.precision.full_precision():
@@ -215,6 +216,8 @@ class PluginEngine(Engine):
                 p for optimizer in optimizers for group in optimizer.param_groups
                 for p in group['params']))
             skipped_on_host = read_skip is not None and read_skip()
+            if scaler is not None and skip is not None:
+                _poison_gradients(optimizers, skip)  # the scaler then skips it as an overflow
             for optimizer in optimizers:
                 if scaler is not None:
                     scaler.step(optimizer)
@@ -555,6 +558,14 @@ class _StepFlags:
         return {'skipped': host[0], 'streak': host[1], 'worst': host[2], 'mismatch': bool(host[3]),
                 'terms': [n for n, flag in zip(names, host[4:]) if flag],
                 'skipped_images': skipped_images}
+
+
+def _poison_gradients(optimizers, skip):
+    """Make every gradient NaN where the device flag ``skip`` is set (unchanged otherwise)."""
+    grads = [p.grad for o in optimizers for group in o.param_groups for p in group['params']
+             if p.grad is not None]
+    if grads:
+        torch._foreach_mul_(grads, torch.where(skip, float('nan'), 1.0).to(grads[0].dtype))
 
 
 def _is_fused(optimizer):

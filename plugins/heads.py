@@ -6,10 +6,10 @@ classifier reads the batch-normalised one. Every project with a BNNeck head
 (RGA, API-Net, SCAL, ...) builds it here.
 """
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributed.nn.functional import all_reduce as all_reduce_with_grad
+
+from .distributed import all_reduce_with_grad, get_world_size
 
 __all__ = ['BNNeck', 'ReIDHead', 'convert_sync_batchnorm']
 
@@ -56,8 +56,7 @@ class BNNeck(nn.BatchNorm1d):
                             eps=self.eps)
 
     def _synced(self):
-        return self.sync and dist.is_available() and dist.is_initialized() \
-            and dist.get_world_size() > 1
+        return self.sync and get_world_size() > 1
 
     def _global_batch_norm(self, x, update_running_stats):
         """Batch norm with the statistics of every rank's ``x`` together (differentiable all-reduce)."""

@@ -83,25 +83,40 @@ def use_fused_step(optimizer):
     A fused step reads ``optimizer.found_inf`` (a device flag) and skips itself
     when it is set, momentum, Adam moments and step counts included; this is how
     GradScaler steps it without a host synchronisation. Other optimisers
-    (RMSprop, torchreid's RAdam), differentiable ones, and parameters the fused
-    kernels do not cover (not floating point, or on a device without them) are
-    left as they are: the engine then reads its skip flag on the host. Idempotent;
-    call again after ``load_state_dict``, which restores the saved groups' flags.
+    (RMSprop, torchreid's RAdam), differentiable ones, SGD with dampening, and
+    parameters the fused kernels do not cover (not floating point, or on a device
+    without them) are left as they are: the engine then reads its skip flag on the
+    host. Idempotent; call again after ``load_state_dict``, which restores the
+    saved groups' flags and the saved state's memory layout.
+
+    SGD's momentum buffers are made here, as zeros: fused SGD leaves the buffers it
+    creates on a skipped first step unwritten, and cannot step a group whose
+    parameters only partly have buffers (after ``fixbase_epoch``). With no
+    dampening, a zero buffer's first update equals the unfused first step (the
+    gradient itself).
     """
     if not isinstance(optimizer, FUSED_OPTIMIZERS):
         return False
-    params = [p for group in optimizer.param_groups for p in group['params']]
-    if any(group.get('differentiable') for group in optimizer.param_groups) or not params:
+    groups = optimizer.param_groups
+    params = [p for group in groups for p in group['params']]
+    if not params or any(group.get('differentiable') for group in groups) or (
+            isinstance(optimizer, torch.optim.SGD) and any(g['dampening'] for g in groups)):
         return False
     if not all(p.is_floating_point() and _has_fused_kernels(type(optimizer), p.device)
                for p in params):
         return False
-    for group in optimizer.param_groups:
+    for group in groups:
         group['fused'], group['foreach'] = True, False
+        if isinstance(optimizer, torch.optim.SGD) and group['momentum']:
+            for p in group['params']:
+                optimizer.state[p].setdefault('momentum_buffer', torch.zeros_like(p))
     optimizer._step_supports_amp_scaling = True  # what the constructor sets with fused=True
-    for p, state in optimizer.state.items():  # fused kernels keep step counts on the device
-        if torch.is_tensor(state.get('step')):
-            state['step'] = state['step'].to(p.device, torch.float32)
+    for p, state in optimizer.state.items():
+        for key, value in state.items():
+            if key == 'step' and torch.is_tensor(value):  # fused kernels count on the device
+                state[key] = value.to(p.device, torch.float32)
+            elif torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                state[key] = torch.empty_like(p).copy_(value)  # fused kernels need p's layout
     return True
 
 

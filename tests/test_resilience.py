@@ -30,9 +30,17 @@ def step_losses(output):
             re.findall(r'epoch: \[(\d+)/\d+\]\[(\d+)/\d+\].*?loss_x ([\d.]+)', output)}
 
 
-def test_sigterm_mid_epoch_then_resume_auto_matches_an_uninterrupted_run(tmp_path):
+CUDA = pytest.param('cuda', marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason='needs a CUDA GPU')])
+
+
+@pytest.mark.parametrize('device', ['cpu', CUDA])
+def test_sigterm_mid_epoch_then_resume_auto_matches_an_uninterrupted_run(tmp_path, device):
+    """Exact on CPU; on a GPU exact unless the run names kernels without a deterministic
+    implementation (then close)."""
     root = str(tmp_path / 'data')
-    code, full = run_tool('train', '--config-file', CONFIG, '--root', root, *RUN,
+    run = [*RUN, 'use_gpu', str(device == 'cuda')]  # the later value wins
+    code, full = run_tool('train', '--config-file', CONFIG, '--root', root, *run,
                           'data.save_dir', str(tmp_path / 'full'), cwd=tmp_path)
     assert code == 0, full
     expected = step_losses(full)
@@ -41,7 +49,7 @@ def test_sigterm_mid_epoch_then_resume_auto_matches_an_uninterrupted_run(tmp_pat
     save = str(tmp_path / 'cut')
     log = open(tmp_path / 'cut.txt', 'w+')
     proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'tools', 'train.py'),
-                             '--config-file', CONFIG, '--root', root, *RUN, 'data.save_dir', save],
+                             '--config-file', CONFIG, '--root', root, *run, 'data.save_dir', save],
                             cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     deadline = time.time() + 300
@@ -56,15 +64,18 @@ def test_sigterm_mid_epoch_then_resume_auto_matches_an_uninterrupted_run(tmp_pat
     stopped_at = int(re.search(r'\+iter(\d+)', saved[-1]).group(1))
     assert 'Rank-1' not in first.split('=> Start training')[-1].split('epoch: [2/2]')[-1]
 
-    code, second = run_tool('train', '--config-file', CONFIG, '--root', root, *RUN,
+    code, second = run_tool('train', '--config-file', CONFIG, '--root', root, *run,
                             'data.save_dir', save, '--resume', 'auto', cwd=tmp_path)
     assert code == 0, second
     assert 'resuming from' in second
     resumed = step_losses(second)
     assert min(resumed) == (2, stopped_at + 1)
+    exact = 'without a deterministic implementation' not in full
+    assert exact or device == 'cuda'
     for key, loss in {**step_losses(first), **resumed}.items():
-        assert loss == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
-    assert re.findall(r'Rank-1\s*:\s*([\d.]+)%', second) == re.findall(r'Rank-1\s*:\s*([\d.]+)%', full)
+        assert loss == pytest.approx(expected[key], rel=1e-5 if exact else 1e-2, abs=1e-6), key
+    if exact:
+        assert re.findall(r'Rank-1\s*:\s*([\d.]+)%', second) == re.findall(r'Rank-1\s*:\s*([\d.]+)%', full)
 
 
 def test_resume_from_an_end_of_epoch_checkpoint_repeats_the_next_epoch(tmp_path):
@@ -189,3 +200,38 @@ def test_corrupt_image_is_named_or_skipped_and_counted(tmp_path):
     code, out = run_tool('train', *args, 'data.skip_bad_images', 'True', cwd=tmp_path)
     assert code == 0, out
     assert 'skipped images 1' in out and 'Warning (data.skip_bad_images)' in out and bad in out
+
+
+def test_kernels_without_a_deterministic_implementation_are_named(capsys):
+    from plugins.resilience import nondeterministic_kernels_reported
+    message = ('upsample_bilinear2d_backward_out_cuda does not have a deterministic implementation, '
+               "but you set 'torch.use_deterministic_algorithms(True, warn_only=True)'")
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with pytest.warns(UserWarning, match='another'):
+            with nondeterministic_kernels_reported():
+                import warnings
+                warnings.warn(message)
+                warnings.warn(message)
+                warnings.warn('another warning passes through')
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+    out = capsys.readouterr().out
+    assert out.count('upsample_bilinear2d_backward_out_cuda ran without a deterministic') == 1
+
+
+def test_under_fp16_a_non_finite_term_skips_the_step_even_with_finite_gradients(tmp_path, tiny_batch):
+    model = TinyReIDNet(num_classes=4)
+    engine = PluginEngine(FakeDataManager(4), model, torch.optim.SGD(model.parameters(), lr=0.1),
+                          use_gpu=False, nonfinite_patience=3, amp='fp16')
+    engine.loss_terms = [
+        LossTerm('loss_x', 1.0, lambda e, b, o: torch.nn.functional.cross_entropy(o.float(), b['pid'])),
+        LossTerm('loss_inf', 1.0, lambda e, b, o: o.sum().detach() * float('inf')),  # no gradient
+    ]
+    engine.set_model_mode('train')
+    before = {k: v.detach().clone() for k, v in engine.model.named_parameters()}
+    engine.forward_backward(tiny_batch)
+    assert all(torch.equal(v, dict(engine.model.named_parameters())[k]) for k, v in before.items())
+    engine.read_step_flags()
+    assert engine.skipped_steps == 1

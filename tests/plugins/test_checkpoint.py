@@ -62,3 +62,19 @@ def test_atomic_save_keeps_previous_file_when_saving_fails(tmp_path):
         atomic_save({'a': Unsaveable()}, path)
     assert torch.equal(torch.load(path, weights_only=True)['a'], torch.ones(1))
     assert os.listdir(tmp_path) == ['ckpt.pth']
+
+
+def test_saved_scheduler_keeps_its_milestones(tmp_path):
+    """Checkpoints copy tensors to the CPU without rebuilding containers: MultiStepLR's
+    milestones are a Counter, which a rebuild from pairs would corrupt."""
+    param = torch.nn.Parameter(torch.ones(1))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[2, 4], gamma=0.1)
+    path = save_checkpoint({'state_dict': {'w': param.detach()}, 'epoch': 1,
+                            'scheduler': scheduler.state_dict()}, str(tmp_path))
+    restored = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[99], gamma=0.1)
+    restored.load_state_dict(load_checkpoint(path)['scheduler'])
+    assert restored.milestones == scheduler.milestones
+    for _ in range(2):
+        restored.step()
+    assert optimizer.param_groups[0]['lr'] == pytest.approx(0.1)

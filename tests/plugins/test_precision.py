@@ -93,3 +93,25 @@ def test_fused_steps_skip_on_a_device_flag_and_survive_loading_an_unfused_state(
     step_unless(optimizer, torch.tensor(False))
     assert not torch.equal(param, before) and float(optimizer.state[param]['step']) == 2
     assert not use_fused_step(torch.optim.RMSprop([param], lr=0.1))  # no fused kernels
+
+
+def test_fused_sgd_after_a_skipped_first_step_and_across_fixbase_equals_plain_sgd():
+    """Fused SGD writes no momentum buffer on a skipped first step, and cannot step a group
+    whose parameters only partly have buffers: both are handled by zero buffers."""
+    from plugins.precision import step_unless, use_fused_step
+    torch.manual_seed(0)
+    head, trunk = torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(3))
+    twin = [torch.nn.Parameter(p.detach().clone()) for p in (head, trunk)]
+    kwargs = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    fused, plain = torch.optim.SGD([head, trunk], **kwargs), torch.optim.SGD(twin, **kwargs)
+    assert use_fused_step(fused)
+    head.grad = torch.full((3,), float('nan'))
+    step_unless(fused, torch.tensor(True))  # a skipped first step (an overflow, say)
+    for step in range(3):  # the trunk joins at step 1, as after fixbase_epoch
+        grads = [torch.randn(3), torch.randn(3) if step else None]
+        head.grad, trunk.grad = grads
+        twin[0].grad, twin[1].grad = grads
+        step_unless(fused, torch.tensor(False))
+        plain.step()
+        torch.testing.assert_close(head.detach(), twin[0].detach(), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(trunk.detach(), twin[1].detach(), rtol=1e-6, atol=1e-7)
