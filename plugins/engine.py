@@ -117,6 +117,7 @@ class PluginEngine(Engine):
         self._epoch_rng = None
         self._stop = StopOnSignal()
         self._shared_stop = None  # reads the ranks' last shared stop flags
+        self._kernels_reported = False  # train.deterministic: the first step's report is printed
         self.batch_idx = 0
         self.save_dir = 'log'
 
@@ -328,9 +329,9 @@ class PluginEngine(Engine):
         tick = time.time()
         done = first
         for self.batch_idx, data in enumerate(batches, start=first):
-            run_start = (self.epoch, self.batch_idx) == (self.start_epoch, first)
-            with nondeterministic_kernels_reported(once=run_start):
+            with nondeterministic_kernels_reported(once=not self._kernels_reported):
                 meter.add(self.forward_backward(data))
+            self._kernels_reported = True
             done = self.batch_idx + 1
             if done % print_freq == 0:
                 tick = self._log(meter, done, tick)

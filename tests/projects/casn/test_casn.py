@@ -85,11 +85,11 @@ def test_siamese_attention_loss_is_zero_for_identical_maps_and_positive_otherwis
     loss_same = siamese_attention_loss(model, maps, torch.tensor([True, False]))
     loss_other = siamese_attention_loss(model, maps, torch.tensor([False, True]))
     loss_both = siamese_attention_loss(model, maps, torch.tensor([True, True]))
+    none = siamese_attention_loss(model, maps, torch.tensor([False, False]))
     assert loss_same.item() == pytest.approx(0.0, abs=1e-6) and loss_other.item() > 1e-3
     assert loss_both.item() == pytest.approx(loss_other.item() / 2, rel=1e-5)  # mean over positives
-    loss_other.backward()
+    loss_other.backward(retain_graph=True)
     assert model.siamese.weight.grad.abs().sum() > 0
-    none = siamese_attention_loss(model, maps, torch.tensor([False, False]))
     assert none.item() == 0
     model.zero_grad()
     none.backward()  # no positive pair: a zero loss whose graph still reaches the Siamese head
