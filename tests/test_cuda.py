@@ -55,23 +55,22 @@ def test_a_gpu_checkpoint_loads_on_a_machine_without_gpus_and_resumes_on_one(gpu
     engine, batch = gpu_engine
     engine.set_model_mode('train')
     engine.forward_backward(batch)
-    engine.epoch, engine.batch_idx = 0, 0
-    path = engine.save_model(0, 0, str(tmp_path), iteration=1)
+    engine.save_dir = str(tmp_path)
+    path = engine.save_model(0, 0, str(tmp_path))  # after epoch 1
     plain_load = ('import torch, sys; c = torch.load(sys.argv[1], weights_only=False); '
                   'print(next(iter(c["state_dict"].values())).device)')
     proc = subprocess.run([sys.executable, '-c', plain_load, path], capture_output=True, text=True,
                           env={**os.environ, 'CUDA_VISIBLE_DEVICES': ''}, cwd=REPO)
     assert proc.returncode == 0 and proc.stdout.strip() == 'cpu', proc.stderr
     ckpt = torch.load(path, weights_only=False)
-    ckpt['rng'][0]['cuda'] = [ckpt['rng'][0]['cuda']] * 8  # saved by an 8-GPU process (old format)
+    ckpt['rng'][0]['cuda'] = [ckpt['rng'][0]['cuda']] * 8  # as an older 8-GPU process saved it
     torch.save(ckpt, path)
-    engine.resume(path)  # one visible GPU: no IndexError
-    engine.train_loader = [batch]
-    engine.max_epoch, engine.start_epoch = 1, 0
-    engine.train(print_freq=1)
+    assert engine.resume(path) == 1  # one visible GPU: no IndexError
+    engine.epoch, engine.max_epoch = 1, 2
+    engine.train(print_freq=1)  # restores the RNG state, trains an epoch on the GPU
 
 
-def test_gpu_evaluation_equals_the_cpu(gpu_engine):
+def test_gpu_evaluation_equals_the_cpu():
     from plugins.evaluation import compute_distance_matrix, evaluate_rank
     g = torch.Generator().manual_seed(0)
     q, gal = torch.randn(30, 64, generator=g), torch.randn(200, 64, generator=g)

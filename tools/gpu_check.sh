@@ -20,6 +20,7 @@ python -c 'import torch; print("torch", torch.__version__, "cuda", torch.version
 timeout 330 python -m pytest -m cuda tests -q -rs --durations=10 -p no:cacheprovider 2>&1 \
     | tee "$out/cuda_tests.log"
 status=${PIPESTATUS[0]}
-timeout 240 python tools/benchmark.py --sections dgnet engine rga apinet scal --quick \
+timeout 240 python tools/benchmark.py --sections dgnet engine rga apinet scal models --quick \
+    --epochs 1 --configs configs/baselines/resnet50_synthreid.yaml \
     --out-dir "$out/bench" 2>&1 | tee "$out/benchmark.log"
 exit "$status"
