@@ -29,6 +29,8 @@ needs a structure code of at least 10 x 10, i.e. images of at least 37 x 37 (the
 official code has the same limit); G returns 4x the code's size, so images whose
 sides are multiples of 4 come back at their own size (256x128 -> 64x32 code).
 """
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -135,27 +137,33 @@ class AppearanceEncoder(nn.Module):
     Training mode: ``forward`` returns ``(logits_primary, logits_fine)``; :meth:`encode`
     also returns the appearance code. Eval mode: ``forward`` returns the retrieval
     feature, an ``(N, 1024)`` tensor for torchreid's evaluation: the L2-normalised
-    primary embedding concatenated with the L2-normalised fine-grained one scaled by
-    ``alpha``. The official test (``reid_eval/test_2label.py``) removes the classifiers
-    and uses the same two embeddings (Linear-BN; its dropout is the identity in eval)
-    with equal weights, i.e. ``alpha=1``; its flip averaging is the evaluator's job.
+    primary embedding ``p`` concatenated with the L2-normalised fine-grained one ``f``
+    scaled by ``sqrt(fine_weight)``. The official test extracts the same two normalised
+    embeddings (``reid_eval/test_2label.py``; Linear-BN, dropout is the identity in
+    eval) and scores a gallery image by ``p_q.p_g + 0.5 f_q.f_g``
+    (``reid_eval/evaluate_gpu.py`` multiplies the query's fine half by 0.5). Here
+    the dot product of two features is ``p_q.p_g + fine_weight f_q.f_g``, and every
+    feature has the norm ``sqrt(1 + fine_weight)``, so torchreid's Euclidean or
+    cosine ranking is the official ranking. The official flip averaging (and the
+    re-normalisation of each half after it) is the evaluator's job.
 
     Args:
         num_classes (int): training identities.
         loss (str): only 'softmax' (both heads are identity classifiers); present for
             torchreid's builder signature.
-        alpha (float): weight of the fine-grained half of the retrieval feature.
+        fine_weight (float): weight of the fine-grained similarity in the score (the
+            official 0.5).
         last_stride (int): stride of layer4 (1, as the official ``ID_stride``).
         pretrained (bool), pretrained_path (str): ImageNet ResNet-50 from a local file.
     """
 
-    def __init__(self, num_classes, loss='softmax', alpha=0.5, last_stride=1, pretrained=False,
+    def __init__(self, num_classes, loss='softmax', fine_weight=0.5, last_stride=1, pretrained=False,
                  pretrained_path=''):
         super().__init__()
         if loss != 'softmax':
             raise ValueError("DG-Net's appearance encoder trains with identity losses only "
                              "(loss='softmax'), got loss={!r}".format(loss))
-        self.alpha = alpha
+        self.fine_scale = math.sqrt(fine_weight)
         self.trunk = ResNetTrunk('resnet50', last_stride=last_stride, pretrained=pretrained,
                                  pretrained_path=pretrained_path)
         self.primary = ClassBlock(FEATURE_DIM, num_classes, dropout=0.5)
@@ -175,10 +183,10 @@ class AppearanceEncoder(nn.Module):
         return code, (self.primary(pooled), self.fine(pooled))
 
     def retrieval_feature(self, images):
-        """Normalised primary embedding, then ``alpha`` x the normalised fine-grained one."""
+        """``[p, sqrt(fine_weight) f]``: the normalised primary and fine-grained embeddings."""
         pooled = F.adaptive_max_pool2d(self.trunk(images), 1).flatten(1)
         return torch.cat([F.normalize(self.primary.embedding(pooled), dim=1),
-                          self.alpha * F.normalize(self.fine.embedding(pooled), dim=1)], dim=1)
+                          self.fine_scale * F.normalize(self.fine.embedding(pooled), dim=1)], dim=1)
 
     def forward(self, images):
         if self.training:

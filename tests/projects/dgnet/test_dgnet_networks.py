@@ -272,3 +272,21 @@ def test_appearance_encoder_alone_exports_to_onnx_with_parity(tmp_path):
                        [0.229, 0.224, 0.225], model_name='dgnet_ea')
     report = check_parity(encoder, path, torch.randn(3, 3, 64, 32))
     assert report['feature_dim'] == 1024 and report['num_images'] == 3
+
+
+def test_retrieval_ranking_is_the_official_score():
+    """Official score (``reid_eval/evaluate_gpu.py``): p_q.p_g + 0.5 f_q.f_g on the normalised
+    primary and fine-grained embeddings. torchreid ranks our features by Euclidean distance."""
+    from torchreid.reid.metrics import compute_distance_matrix
+    torch.manual_seed(0)
+    model = AppearanceEncoder(6).eval()
+    images = torch.randn(10, 3, 64, 32)
+    with torch.no_grad():
+        features = model(images)
+        pooled = F.adaptive_max_pool2d(model.trunk(images), 1).flatten(1)
+        p = F.normalize(model.primary.embedding(pooled), dim=1)
+        f = F.normalize(model.fine.embedding(pooled), dim=1)
+    score = p[:4] @ p[4:].t() + 0.5 * (f[:4] @ f[4:].t())  # 4 queries, 6 gallery images
+    distance = compute_distance_matrix(features[:4], features[4:], 'euclidean')  # squared
+    torch.testing.assert_close(distance, 3.0 - 2 * score, atol=1e-5, rtol=1e-5)
+    assert torch.equal(distance.argsort(1), (-score).argsort(1))
