@@ -189,19 +189,20 @@ class DGNetEngine(PluginEngine):
             if w['recon_cyc']:  # x_aba = G(s_a_recon, f_a_recon), x_bab likewise
                 losses['recon_cyc'] = HALVES * l1(gen.decode(s_recon, f_recon), x)
 
-        student = None
-        if w['teacher'] or w['fine']:  # E_a learns from the detached fakes
-            student = per_group(self.model, fakes.detach(), n)
-            if w['fine']:  # fine-grained mining: the identity of the structure source
-                losses['fine'] = HALVES * F.cross_entropy(student[1], swap_halves(labels))
-
-        # identities of the reals and positives, on randomly erased copies (after the fakes,
-        # as in the official step: the same order of BatchNorm running-statistics updates)
+        # identities of the reals and positives, on randomly erased copies; E_a sees them
+        # before the detached fakes, as in the official step (the same order of BatchNorm
+        # running-statistics updates)
         primary, fine = per_group(self.model, random_erase(torch.cat([x, xp]), self.dgnet.erasing_p), n)
         logits, logits_p = primary.chunk(2)
         losses['id'] = HALVES * (F.cross_entropy(logits, labels)
                                  + w['id_fine'] * F.cross_entropy(fine[:len(x)], labels))
         losses['pid'] = HALVES * F.cross_entropy(logits_p, labels)
+
+        student = None
+        if w['teacher'] or w['fine']:  # E_a learns from the detached fakes
+            student = per_group(self.model, fakes.detach(), n)
+            if w['fine']:  # fine-grained mining: the identity of the structure source
+                losses['fine'] = HALVES * F.cross_entropy(student[1], swap_halves(labels))
         return DGNetStep(x, labels, fakes, logits, student, losses)
 
     def _encode_fakes_again(self, fakes):

@@ -296,3 +296,20 @@ def test_benchmark_section_times_a_full_iteration(tmp_path):
     assert run['dgnet_s'] > 0 and run['resnet50_s'] > 0
     assert run['ratio'] == pytest.approx(run['dgnet_s'] / run['resnet50_s'])
     assert '## dgnet' in md and '| fp32 |' in md
+
+
+def test_e_a_sees_the_erased_reals_before_the_fakes(tmp_path, teacher_weights):
+    """The official step's order of E_a's training passes (so of its BatchNorm running
+    statistics): the erased real images, then the detached fakes of the teacher phase."""
+    engine = dgnet_run(tmp_path, teacher_weights, *ALL_TERMS_ON)
+    engine.batch_idx = 2  # every term on, the student pass included
+    engine.set_model_mode('train')
+    inputs = []
+    handle = engine.model.register_forward_hook(lambda m, args, out: inputs.append(args[0]))
+    try:
+        step = engine.model_outputs(engine.parse_batch(first_batch(engine)))
+    finally:
+        handle.remove()
+    fakes = step.fakes.untyped_storage().data_ptr()
+    from_fakes = [x.untyped_storage().data_ptr() == fakes for x in inputs]
+    assert from_fakes == [False] * 4 + [True] * 2  # reals and positives (4 loader batches), then fakes
