@@ -74,8 +74,11 @@ def threshold_boxes(cams, threshold):
 def aligned_attention(cams, threshold, size):
     """Keep the cells above ``threshold``, crop each map to them and resize to ``size`` (in the graph).
 
-    The crop is resized bilinearly from its first to its last cell centre (as
-    ``align_corners=True``), so nothing outside the crop leaks in.
+    The span from the crop's first cell centre to its last is cut into ``size``
+    equal bins, and each output cell is the mean of 2 x 2 bilinear samples placed
+    evenly inside its bin (``roi_align``, ``aligned=True``, sampling ratio 2). Every
+    sample lies between the crop's cell centres, so nothing outside the crop
+    leaks in; a one-cell crop gives that cell's value everywhere.
     """
     kept = cams * (cams > threshold).to(cams.dtype)
     corners = threshold_boxes(cams, threshold)
