@@ -39,13 +39,20 @@ def test_soft_mask_lies_in_0_1_and_passes_gradcheck():
     cam = torch.rand(1, 3, 3, dtype=torch.float64, requires_grad=True)
     mask = soft_mask(cam, 10.0, 0.5)
     assert mask.min() > 0 and mask.max() < 1
-    maps = torch.rand(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(2, dtype=torch.float64)
+    torch.manual_seed(0)
+    # positive maps and weights: every cell has a positive Grad-CAM value, so the normalised
+    # map is spread over (0, 1) rather than one-hot, and the mask has a gradient to check
+    maps = (torch.rand(1, 2, 3, 3, dtype=torch.float64) + 0.5).requires_grad_(True)
+    weight = torch.tensor([1.0, 0.5], dtype=torch.float64)
 
     def masked_from_maps(a):  # Grad-CAM (second order) -> normalisation -> soft mask
         scores = (a.mean((2, 3)) * weight).sum(1) + (a ** 2).mean((1, 2, 3))
         return soft_mask(differentiable_cam(a, scores), 10.0, 0.5)
 
+    mask = masked_from_maps(maps)
+    assert ((mask > 0.01) & (mask < 0.99)).sum() >= 3  # not a one-hot map
+    jacobian = torch.autograd.functional.jacobian(masked_from_maps, maps)
+    assert jacobian.abs().sum() > 1e-3
     assert torch.autograd.gradcheck(masked_from_maps, (maps,))
 
 
