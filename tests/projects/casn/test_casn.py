@@ -229,3 +229,20 @@ def test_all_four_terms_train_under_bf16_autocast():
     engine = make_engine(amp='bf16')
     log = amp_step(engine, pair_batch(4, 64, 32, 4))
     assert {'loss_id', 'loss_ia', 'loss_ver', 'loss_sa'} <= set(log)
+
+
+@pytest.mark.parametrize('config, weights', [  # (w_ia, w_ver, w_sa) of the README's ablation rows
+    ('casn_ide_resnet50_market1501_ablation_baseline.yaml', (0.0, 0.0, 0.0)),  # L_id only
+    ('casn_ide_resnet50_market1501_ablation_ia.yaml', (1.0, 0.0, 0.0)),  # + L_ia
+    ('casn_ide_resnet50_market1501_ablation_siamese.yaml', (0.0, 1.0, 0.0)),  # + L_ver
+    ('casn_ide_resnet50_market1501_ablation_sa.yaml', (0.0, 1.0, 0.1)),  # + L_ver + L_sa
+    ('casn_ide_resnet50_market1501.yaml', (1.0, 1.0, 0.1)),  # full CASN
+])
+def test_ablation_configs_weigh_the_terms_they_name(config, weights):
+    cfg = setup_config(os.path.join(CONFIG_DIR, config), ['model.pretrained', 'False'])
+    model = CASNNet(3)
+    engine = build_casn_engine(cfg, FakeDataManager(3), model,
+                               torch.optim.SGD(model.parameters(), lr=0.1), None)
+    terms = {t.name: t.weight for t in engine.loss_terms}
+    assert (terms['loss_ia'], terms['loss_ver'], terms['loss_sa']) == weights
+    assert terms['loss_id'] == 1.0
