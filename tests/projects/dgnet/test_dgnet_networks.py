@@ -198,8 +198,8 @@ def test_train_outputs_logits_and_eval_outputs_the_weighted_normalised_embedding
         fine_embedding = appearance_encoder.fine.embedding(pooled)
     assert feature.shape == (2, 1024)
     assert torch.allclose(feature[:, :512].norm(dim=1), torch.ones(2), atol=1e-5)
-    assert torch.allclose(feature[:, 512:].norm(dim=1), torch.full((2,), 0.5), atol=1e-5)
-    assert torch.allclose(feature[:, 512:], 0.5 * F.normalize(fine_embedding, dim=1), atol=1e-6)
+    assert torch.allclose(feature[:, 512:].norm(dim=1), torch.full((2,), 0.5 ** 0.5), atol=1e-5)
+    assert torch.allclose(feature[:, 512:], 0.5 ** 0.5 * F.normalize(fine_embedding, dim=1), atol=1e-6)
     with pytest.raises(ValueError, match='softmax'):
         AppearanceEncoder(5, loss='triplet')
 
