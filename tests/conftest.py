@@ -154,14 +154,19 @@ def run_benchmark_section(name, out_dir, *extra):
 
 
 def amp_step(engine, batch, dtype=torch.bfloat16, steps=1, trained=True):
-    """``steps`` training steps of ``engine`` (built with ``train.amp``): the forward ran in
-    ``dtype``, every logged value is finite and most trained parameters moved (fp16 needs a
-    few steps: its scaler skips the first ones while it backs off from overflow). With
-    ``trained`` False only the forward's dtype is checked. Returns the last log."""
+    """Training steps of ``engine`` (built with ``train.amp``) until most trained parameters
+    moved, at most ``steps`` (fp16 needs several: its scaler skips steps while it backs off
+    from overflow, 2**16 at the start). The forward ran in ``dtype``, and the step that moved
+    the weights logged finite values. With ``trained`` False, one step and only the forward's
+    dtype is checked. Returns the last log."""
     seen = []
     first_conv = next(m for m in engine.model.modules() if isinstance(m, nn.Conv2d))
     handle = first_conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     params = {n: p.detach().clone() for n, p in engine.model.named_parameters() if p.requires_grad}
+
+    def moved():
+        return [n for n, p in engine.model.named_parameters()
+                if n in params and not torch.equal(p, params[n])]
     engine.set_model_mode('train')
     # On CPU, oneDNN's bf16 convolution reads uninitialised memory: with glibc handing back
     # freed buffers (MALLOC_PERTURB_=128 makes it certain) ResNet's layer4 returned NaN from
@@ -169,16 +174,17 @@ def amp_step(engine, batch, dtype=torch.bfloat16, steps=1, trained=True):
     onednn = not (engine.device.type == 'cpu' and dtype == torch.bfloat16)
     try:
         with torch.backends.mkldnn.flags(enabled=onednn):
-            for _ in range(steps):
+            for _ in range(steps if trained else 1):
                 log = engine.forward_backward(batch)
+                if trained and len(moved()) > len(params) // 2:
+                    break
     finally:
         handle.remove()
     assert seen and seen[0] == dtype
     if not trained:
         return log
+    assert len(moved()) > len(params) // 2, sorted(set(params) - set(moved()))
     assert all(torch.isfinite(torch.as_tensor(v)).all() for v in log.values()), log
-    moved = [n for n, p in engine.model.named_parameters() if n in params and not torch.equal(p, params[n])]
-    assert len(moved) > len(params) // 2, sorted(set(params) - set(moved))
     return log
 
 

@@ -4,23 +4,31 @@
 #
 #   tools/gpu_check.sh [OUT_DIR]        # logs and benchmark tables in OUT_DIR (default gpu_check/)
 #
-# Where torchreid, yacs or gdown are missing it installs wheels from .whl/ (git-ignored; make
-# them with `pip wheel --no-deps torchreid==0.2.5 yacs gdown -w .whl`). Exit status: the tests'.
+# It installs this package beside the tree (/tmp/reid_site) and, where torchreid or yacs are
+# missing, the wheels in .whl/ (git-ignored; gdown, which torchreid imports, needs the last two):
+#
+#   pip wheel --no-deps torchreid==0.2.5 yacs gdown beautifulsoup4 soupsieve -w .whl
+#
+# Exit status: the tests'.
 set -uo pipefail
 out="${1:-${OUT:-gpu_check}}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-if ! python -c 'import torchreid, yacs' 2>/dev/null; then
-    python -m pip install -q --no-index --no-deps --no-compile --target /tmp/reid_site .whl/*.whl \
-        && export PYTHONPATH="/tmp/reid_site:.${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
+python=$(command -v python3 || command -v python)
+# torchreid and its imports from the wheels where missing; reid-plugins itself always, for the
+# entry points through which the projects register (the code still runs from this tree)
+site=/tmp/reid_site
+wheels=()
+"$python" -c 'import torchreid, yacs' 2>/dev/null || wheels=(.whl/*.whl)
+"$python" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --upgrade \
+    --target "$site" "${wheels[@]}" . || exit
+export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-python -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' | tee -a "$out/gpu.txt"
-timeout 330 python -m pytest -m cuda tests -q -rs --durations=10 -p no:cacheprovider 2>&1 \
+"$python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' | tee -a "$out/gpu.txt"
+timeout 300 "$python" -m pytest -m cuda tests -q -rs --durations=10 -p no:cacheprovider 2>&1 \
     | tee "$out/cuda_tests.log"
 status=${PIPESTATUS[0]}
-timeout 240 python tools/benchmark.py --sections dgnet engine rga apinet scal models --quick \
+timeout 200 "$python" tools/benchmark.py --sections dgnet engine rga apinet scal models --quick \
     --epochs 1 --configs configs/baselines/resnet50_synthreid.yaml \
     --out-dir "$out/bench" 2>&1 | tee "$out/benchmark.log"
 exit "$status"

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from plugins.backbones import ResNetTrunk
 from plugins.models import model_builder
+from plugins.precision import fp32
 
 BACKBONES = ('ide', 'pcb')
 CASNOutputs = namedtuple('CASNOutputs', ['maps', 'features', 'id_logits', 'siamese'])
@@ -127,8 +128,13 @@ class CASNNet(nn.Module):
         return logits if self.loss == 'softmax' else (logits, features)
 
     def verification_logits(self, siamese_a, siamese_b):
-        """Same-identity logit of each pair from ``(f_a - f_b)^2`` (the Siamese verification head)."""
-        return self.verifier((siamese_a - siamese_b).pow(2)).view(-1)
+        """Same-identity logit of each pair from ``(f_a - f_b)^2`` (the Siamese verification head).
+
+        In fp32 under autocast: a feature difference above 256 squares past fp16's range
+        (65504), and the head's sum of infinities of both signs is NaN.
+        """
+        with fp32(siamese_a.device.type):
+            return self.verifier((siamese_a.float() - siamese_b.float()).pow(2)).view(-1)
 
 
 casn_ide_resnet50 = model_builder(CASNNet, 'casn_ide_resnet50', backbone='ide')

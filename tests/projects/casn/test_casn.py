@@ -231,6 +231,21 @@ def test_all_four_terms_train_under_bf16_autocast():
     assert {'loss_id', 'loss_ia', 'loss_ver', 'loss_sa'} <= set(log)
 
 
+def test_verification_head_is_finite_under_fp16_autocast_where_fp16_squares_overflow():
+    """A feature difference of 300 squares to 90000, past fp16's 65504: the head must run in
+    fp32 (found on a GPU, where loss_ver was NaN under fp16 from the first step)."""
+    model = CASNNet(num_classes=3, backbone='ide', siamese_dim=4).eval()
+    with torch.no_grad():
+        model.verifier.weight.copy_(torch.tensor([[1e-4, -1e-4, 2e-4, 0.0]]))
+        model.verifier.bias.zero_()
+    a = torch.tensor([[300.0, 300.0, 1.0, 5.0]])
+    b = torch.zeros(1, 4)
+    expected = torch.tensor([9.0 - 9.0 + 2e-4])  # 1e-4 * 90000 - 1e-4 * 90000 + 2e-4 * 1
+    with torch.autocast('cpu', dtype=torch.float16):
+        logits = model.verification_logits(a.half(), b.half())
+    assert torch.allclose(logits.float(), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize('config, weights', [  # (w_ia, w_ver, w_sa) of the README's ablation rows
     ('casn_ide_resnet50_market1501_ablation_baseline.yaml', (0.0, 0.0, 0.0)),  # L_id only
     ('casn_ide_resnet50_market1501_ablation_ia.yaml', (1.0, 0.0, 0.0)),  # + L_ia

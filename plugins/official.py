@@ -1,0 +1,185 @@
+"""Checks against a method's official code, run from the user's own clone of it.
+
+A project registers a check (:func:`register_official_check`): which repository it
+expects, files that identify a clone of it, and a function that builds the official
+networks next to ours, maps the official weights onto ours and returns measured
+differences. ``tools/check_official.py --method NAME --official-dir PATH`` runs it.
+
+Nothing of the official code is copied here: :func:`official_code` imports it from
+PATH, with the few run-time patches it needs on a CPU without internet, each listed
+in the report (:class:`OfficialCode.patches`).
+"""
+import contextlib
+import os
+import sys
+from collections import namedtuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .registry import Registry
+
+OFFICIAL_CHECKS = Registry('official check')
+OfficialCheck = namedtuple('OfficialCheck', ['repository', 'markers', 'run'])
+OfficialCheck.__doc__ = """``repository``: the official repository (owner/name); ``markers``:
+paths, relative to a clone's root, that identify a clone of it; ``run(code, args) ->
+report``: the check itself, given the imported :class:`OfficialCode` and the tool's
+parsed arguments, returning a :class:`Report`."""
+
+Row = namedtuple('Row', ['what', 'max_abs_diff', 'max_abs_value'])
+Row.__doc__ = """One compared quantity: the largest absolute difference between ours and the
+official value, and the largest absolute official value (the scale of the difference)."""
+
+
+def register_official_check(name, repository, markers, run):
+    return OFFICIAL_CHECKS.register(name, OfficialCheck(repository, tuple(markers), run))
+
+
+class Report:
+    """Measured rows, grouped in titled tables, and free-form notes."""
+
+    def __init__(self):
+        self.tables = []  # (title, [Row])
+        self.notes = []
+
+    def table(self, title, rows):
+        self.tables.append((title, list(rows)))
+
+    def markdown(self):
+        lines = []
+        for title, rows in self.tables:
+            lines += ['**{}**'.format(title), '', '| compared | max abs difference | max abs value |',
+                      '|---|---:|---:|']
+            lines += ['| {} | {:.2e} | {:.3g} |'.format(*row) for row in rows]
+            lines.append('')
+        return '\n'.join(lines + self.notes)
+
+    def worst(self):
+        """The largest relative difference over all rows (difference / max(value, 1))."""
+        return max((row.max_abs_diff / max(row.max_abs_value, 1.0)
+                    for _, rows in self.tables for row in rows), default=0.0)
+
+
+def compare(what, ours, official):
+    """A :class:`Row` for two tensors (or lists/tuples of tensors) of equal shapes."""
+    ours, official = _flat(ours), _flat(official)
+    if ours.shape != official.shape:
+        raise ValueError('{}: our shape {} differs from the official {}'.format(
+            what, tuple(ours.shape), tuple(official.shape)))
+    return Row(what, (ours - official).abs().max().item() if ours.numel() else 0.0,
+               official.abs().max().item() if official.numel() else 0.0)
+
+
+def _flat(value):
+    if isinstance(value, (list, tuple)):
+        return torch.cat([_flat(v) for v in value]) if value else torch.zeros(0, dtype=torch.float64)
+    return value.detach().reshape(-1).to(torch.float64)
+
+
+def gradient_rows(prefix, pairs):
+    """Rows comparing the gradients of ``(our_parameter, official_parameter, name)`` triples."""
+    return [compare('{} grad {}'.format(prefix, name), ours.grad, theirs.grad)
+            for ours, theirs, name in pairs]
+
+
+def copy_parameters(pairs):
+    """Copy official tensors onto ours: ``pairs`` of ``(ours, official, name)``, shapes checked."""
+    with torch.no_grad():
+        for ours, theirs, name in pairs:
+            if ours.shape != theirs.shape:
+                raise ValueError('cannot map official {} {} onto ours {}'.format(
+                    name, tuple(theirs.shape), tuple(ours.shape)))
+            ours.copy_(theirs)
+
+
+def check_clone(path, name):
+    """The absolute clone folder of check ``name``'s repository, or a ValueError naming
+    what is missing and what is expected."""
+    check = OFFICIAL_CHECKS.get(name)
+    root = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(root):
+        raise ValueError('--official-dir {!r} is not a folder; expected a clone of '
+                         'https://github.com/{}'.format(path, check.repository))
+    missing = [m for m in check.markers if not os.path.exists(os.path.join(root, m))]
+    if missing:
+        raise ValueError('--official-dir {!r} is not a clone of https://github.com/{}: it has no {} '
+                         '(a clone has {})'.format(path, check.repository, ', '.join(missing),
+                                                   ', '.join(check.markers)))
+    return root
+
+
+class OfficialCode:
+    """Imports modules from an official clone; collects the run-time patches applied."""
+
+    def __init__(self, root):
+        self.root = root
+        self.patches = []
+        self._stack = contextlib.ExitStack()
+
+    def module(self, name):
+        """Import ``name`` (dotted, relative to the clone's root) from the clone."""
+        import importlib
+        return importlib.import_module(name)
+
+    def patch(self, owner, attribute, value, why):
+        """Replace ``owner.attribute`` by ``value`` until the check ends; listed with ``why``."""
+        missing = object()
+        old = getattr(owner, attribute, missing)
+        setattr(owner, attribute, value)
+        self.patches.append('`{}.{}`: {}'.format(getattr(owner, '__name__', type(owner).__name__),
+                                                 attribute, why))
+
+        def restore():
+            if old is missing:
+                delattr(owner, attribute)
+            else:
+                setattr(owner, attribute, old)
+        self._stack.callback(restore)
+
+
+@contextlib.contextmanager
+def official_code(root):
+    """:class:`OfficialCode` for the clone at ``root``, with the patches every official
+    code base here needs on a CPU offline: ``.cuda()`` is a no-op, torchvision's
+    constructors never download ImageNet weights (the check maps weights anyway), and
+    NumPy 2's removed aliases ``np.float``/``np.int``/``np.bool`` exist. Afterwards the
+    patches are undone and the clone's modules are forgotten (their names, such as
+    ``models`` or ``utils``, are generic)."""
+    code = OfficialCode(root)
+    before = set(sys.modules)
+    sys.path.insert(0, root)
+    try:
+        with code._stack:
+            code.patch(torch.Tensor, 'cuda', lambda self, *a, **k: self, 'no-op: the check runs on a CPU')
+            code.patch(nn.Module, 'cuda', lambda self, *a, **k: self, 'no-op: the check runs on a CPU')
+            for alias, value in (('float', float), ('int', int), ('bool', bool)):
+                if not hasattr(np, alias):
+                    code.patch(np, alias, value, 'alias removed in NumPy 2')
+            _no_downloads(code)
+            yield code
+    finally:
+        sys.path.remove(root)
+        for name in set(sys.modules) - before:
+            module = sys.modules.get(name)
+            if (getattr(module, '__file__', None) or '').startswith(root + os.sep):
+                del sys.modules[name]
+
+
+def _no_downloads(code):
+    """torchvision constructors called with ``pretrained=True``/``weights=`` build untrained
+    networks, and URL loads fail loudly: nothing is downloaded."""
+    import torchvision.models as tv_models
+
+    def untrained(constructor):
+        def build(*args, pretrained=False, weights=None, **kwargs):
+            return constructor(*args, weights=None, **kwargs)
+        return build
+    for name in ('resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152', 'vgg16', 'vgg19'):
+        code.patch(tv_models, name, untrained(getattr(tv_models, name)),
+                   'built without ImageNet weights (no download; weights are mapped)')
+
+    def refuse(url, *args, **kwargs):
+        raise RuntimeError('the official code asked to download {}; the check runs offline'.format(url))
+    code.patch(torch.hub, 'load_state_dict_from_url', refuse, 'downloads refused (offline)')
+    code.patch(torch.utils.model_zoo, 'load_url', refuse, 'downloads refused (offline)')

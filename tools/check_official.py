@@ -1,0 +1,65 @@
+"""Compare a method with its official code: map the official weights onto ours, report differences.
+
+Usage::
+
+    git clone https://github.com/microsoft/Relation-Aware-Global-Attention-Networks rga-official
+    python tools/check_official.py --method rga --official-dir rga-official
+    python tools/check_official.py --method dgnet --official-dir DG-Net --iterations 0 30001 40000
+
+The official code is imported from ``--official-dir`` (your clone; nothing of it is
+copied into this repository), patched at run time only where it cannot run on a CPU
+offline; the report lists every patch. Each check prints Markdown tables of the
+largest absolute differences (and the largest official values, their scale) and
+exits non-zero when a relative difference exceeds ``--tolerance``. Methods come from
+the projects (``plugins.official.OFFICIAL_CHECKS``).
+"""
+import argparse
+import sys
+
+import torch
+
+import plugins  # noqa: F401  (loads the projects, which register their checks)
+from plugins.official import OFFICIAL_CHECKS, check_clone, official_code
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--method', required=True, choices=OFFICIAL_CHECKS.names())
+    parser.add_argument('--official-dir', required=True, help='your clone of the official repository')
+    parser.add_argument('--iterations', type=int, nargs='+', default=[0, 30001, 30002, 40000],
+                        help='dgnet: the training iterations at which one full iteration is compared')
+    parser.add_argument('--threads', type=int, default=0, help='torch threads (0: leave as is)')
+    parser.add_argument('--tolerance', type=float, default=1e-6,
+                        help='largest accepted difference / max(|official value|, 1)')
+    parser.add_argument('--out', default='', help='also write the Markdown report to this file')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        root = check_clone(args.official_dir, args.method)
+    except ValueError as err:
+        sys.exit('check_official: {}'.format(err))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    check = OFFICIAL_CHECKS.get(args.method)
+    with official_code(root) as code:
+        report = check.run(code, args)
+        patches = list(code.patches)
+    text = '\n'.join([report.markdown(), '', 'Run-time patches of the official code:', ''] +
+                     ['- {}'.format(p) for p in patches]) + '\n'
+    print(text)
+    if args.out:
+        with open(args.out, 'w') as f:
+            f.write(text)
+    worst = report.worst()
+    if worst > args.tolerance:
+        sys.exit('check_official: largest relative difference {:.2e} exceeds --tolerance {:.0e}'.format(
+            worst, args.tolerance))
+    print('largest relative difference {:.2e} (tolerance {:.0e})'.format(worst, args.tolerance))
+
+
+if __name__ == '__main__':
+    main()
