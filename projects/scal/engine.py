@@ -12,7 +12,9 @@ One training step (paper Sec. 3.3):
    probability, ``R = R_c + R_a``;
 4. main loss: the ReID terms (label-smoothed CE, plus batch-hard triplet with
    ``loss.name 'triplet'``) and ``J_cri = -V`` weighted by ``scal.value_weight``,
-   with the critic frozen (:class:`plugins.CriticUpdateHook`);
+   with the critic frozen (:class:`plugins.CriticUpdateHook`). As the paper writes
+   ``J_cri(theta)``, its gradient reaches only the agents' parameters theta
+   (``scal.value_reach 'agents'``); ``'network'`` lets it reach the trunk too;
 5. the critic's own step on ``J_mse = (V - R)^2`` with detached inputs, after the
    main step (or before the main backward with ``scal.critic_first``).
 
@@ -72,12 +74,18 @@ def _mean_of(field):
     return lambda engine, batch, outputs: getattr(batch[STEP_KEY], field).mean()
 
 
+VALUE_REACHES = ('agents', 'network')
+
+
 def build_scal_engine(cfg, datamanager, model, optimizer, scheduler):
     """Engine builder registered as ``scal`` (called by ``plugins.build_engine``)."""
     net = model
     if not hasattr(net, 'agents'):
         raise TypeError("engine 'scal' needs a SCAL model (scal_spatial_resnet50, "
                         'scal_channel_resnet50), got {}'.format(type(net).__name__))
+    if cfg.scal.value_reach not in VALUE_REACHES:
+        raise ValueError('scal.value_reach {!r} is not one of {}: what J_cri = -V trains'.format(
+            cfg.scal.value_reach, list(VALUE_REACHES)))
     engine = SCALEngine(datamanager, model, optimizer, scheduler, **engine_options(cfg),
                         metric_fns={'acc': accuracy, 'reward': _mean_of('reward'),
                                     'reward_c': _mean_of('reward_c'),
@@ -87,5 +95,7 @@ def build_scal_engine(cfg, datamanager, model, optimizer, scheduler):
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=cfg.scal.critic_lr)
     engine.add_hook(CriticUpdateHook(critic, critic_optimizer, step_reward, critic_inputs,
                                      value_weight=cfg.scal.value_weight,
+                                     value_params=(net.agents.parameters()
+                                                   if cfg.scal.value_reach == 'agents' else None),
                                      update_first=cfg.scal.critic_first))
     return engine

@@ -13,8 +13,11 @@ paper gives only a formula, the choice made here is stated.
   APNet, the first author's follow-up code).
 * Head: BNNeck (Sec. 3.3: a BN before the classifier), bias-free classifier;
   triplet on the pooled feature, label-smoothed CE on the post-BN logits.
-* Critic ``V = C(X, A; phi)`` (:class:`Critic`): the pooled feature and all five
-  attention maps, layer-normalised, through a two-layer MLP to one value per image.
+* Critic ``V = C(X, A; phi)`` (:class:`Critic`): X and all five attention maps,
+  layer-normalised, through a two-layer MLP to one value per image. The paper's X
+  is "the feature maps extracted by the basic network", from which the agent
+  computes A (eqs. 1-3): here the pooled input of the last agent, so the critic
+  sees the state and the attention apart (the attended feature would mix them).
 
 Spatial agents are tied to the map sizes, so models are built for one input
 size (``height``/``width`` from the config, 256x128 by default).
@@ -73,8 +76,9 @@ class SCALNet(nn.Module):
     ``forward(x, return_featuremaps=False, return_attention=False, attention=True,
     with_reference=False)``: torchreid's contract (eval: pooled feature; training:
     logits or ``(logits, pooled feature)``); ``return_attention`` returns
-    ``(output, attention maps, pooled feature)``, what the critic reads (the five
-    attention tensors and X); ``attention=False`` runs the same network with
+    ``(output, attention maps, X)``, what the critic reads: the five attention
+    tensors and X, the pooled map that the last agent reads (the basic network's
+    top feature before that agent's attention); ``attention=False`` runs the same network with
     every agent's output replaced by 1 (the paper's "without attention"
     prediction behind the amelioration reward); ``with_reference`` appends that
     prediction to the ``return_attention`` tuple, computed from the shared stem.
@@ -108,20 +112,24 @@ class SCALNet(nn.Module):
                     self.height, self.width, x.shape[-2], x.shape[-1], x.shape[-2], x.shape[-1]))
 
     def _stages(self, x, attention):
-        """From the stem's output: agent 1, then each stage followed by its agent; (map, maps)."""
+        """From the stem's output: agent 1, then each stage followed by its agent.
+
+        Returns (final map, attention maps, the last agent's input map).
+        """
         maps = []
         for k, agent in enumerate(self.agents):
             if k:
                 x = self.trunk.stages[k - 1](x)
+            state = x
             if attention:
                 a = agent(x)
                 x = agent.reweight(x, a)
                 maps.append(a)
-        return x, maps
+        return x, maps, state
 
     def featuremaps(self, x, return_attention=False, attention=True):
         self.check_input(x)
-        x, maps = self._stages(self.trunk.stem(x), attention)
+        x, maps, _ = self._stages(self.trunk.stem(x), attention)
         return (x, maps) if return_attention else x
 
     def forward(self, x, return_featuremaps=False, return_attention=False, attention=True,
@@ -137,11 +145,11 @@ class SCALNet(nn.Module):
                              'return_featuremaps=False (the reference is the head output)')
         self.check_input(x)
         stem = self.trunk.stem(x)
-        maps, att = self._stages(stem, attention)
+        maps, att, state = self._stages(stem, attention)
         out = maps if return_featuremaps else self.head(maps)
         if not return_attention:
             return out
-        result = (out, att, self.head.pool(maps))
+        result = (out, att, self.head.pool(state))
         if with_reference:
             with torch.no_grad(), batchnorm_stats_frozen(self):
                 result += (self.head(self._stages(stem, attention=False)[0]),)
@@ -151,7 +159,7 @@ class SCALNet(nn.Module):
 class Critic(nn.Module):
     """``V = C(X, A; phi)``: the image's value under its attention (paper Sec. 3.1, eq. 3).
 
-    Reads the pooled feature X and the five attention tensors (flattened,
+    Reads X (the pooled map the last agent reads) and the five attention tensors (flattened,
     concatenated, layer-normalised so that both scales count) and returns one
     value per image through Linear-ReLU-Linear. The paper does not give the
     critic's architecture; this is our choice.

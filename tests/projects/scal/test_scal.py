@@ -9,8 +9,8 @@ import plugins
 from plugins.export import check_parity, export_onnx, training_only_parameters
 from plugins.hooks import batchnorm_stats_frozen
 from plugins.launch import setup_config
-from projects.scal.engine import build_scal_engine, rewards
-from projects.scal.model import SCALNet, scal_attention_maps
+from projects.scal.engine import STEP_KEY, build_scal_engine, rewards
+from projects.scal.model import ChannelAgent, SCALNet, SpatialAgent, scal_attention_maps
 from tests.conftest import (REPO, FakeDataManager, amp_step, changed, run_benchmark_section,
                             snapshot, tiny_synthreid_run)
 
@@ -24,7 +24,7 @@ def pk_batch(n=8, classes=4):
             'camid': torch.zeros(n, dtype=torch.long)}
 
 
-def make_engine(kind='channel', value_weight=1.0, classes=4, amp=''):
+def make_engine(kind='channel', value_weight=1.0, classes=4, amp='', value_reach='agents'):
     torch.manual_seed(0)
     cfg = plugins.get_default_config()
     cfg.use_gpu = False
@@ -32,6 +32,7 @@ def make_engine(kind='channel', value_weight=1.0, classes=4, amp=''):
     cfg.loss.name = 'triplet'
     cfg.loss.triplet.weight_x = 1.0
     cfg.scal.value_weight = value_weight
+    cfg.scal.value_reach = value_reach
     model = plugins.build_model('scal_{}_resnet50'.format(kind), classes, loss='triplet',
                                 pretrained=False, height=64, width=32)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -42,8 +43,18 @@ def make_engine(kind='channel', value_weight=1.0, classes=4, amp=''):
 def test_five_agents_give_attention_in_0_1_with_the_right_shapes(kind):
     torch.manual_seed(0)
     model = SCALNet(5, 'triplet', kind, height=64, width=32).train()
-    (logits, feature), attention, pooled = model(torch.randn(3, 3, 64, 32), return_attention=True)
-    assert logits.shape == (3, 5) and torch.equal(feature, pooled)
+    images = torch.randn(3, 3, 64, 32)
+    (logits, feature), attention, state = model(images, return_attention=True)
+    assert logits.shape == (3, 5)
+    # X, the critic's input: the last agent's input pooled, by hand: stem and agents 1-4
+    with torch.no_grad():
+        x = model.trunk.stem(images)
+        for k in range(4):
+            a = model.agents[k](x)
+            x = x * (a[:, :, None, None] if kind == 'channel' else a.view(3, 1, *x.shape[2:]))
+            x = model.trunk.stages[k](x)
+    assert torch.allclose(state, x.mean((2, 3)), atol=1e-5)
+    assert not torch.allclose(state, feature, atol=1e-3)  # not the attended feature
     sizes = model.trunk.output_sizes(64, 32)
     channels = [64, 256, 512, 1024, 2048]
     expected = [(3, c) for c in channels] if kind == 'channel' else [(3, h * w) for h, w in sizes]
@@ -112,6 +123,84 @@ def test_value_term_reaches_the_agents_through_the_frozen_critic():
     value = hook.loss_terms(engine, batch, outputs)['critic_value']
     grads = torch.autograd.grad(value, list(engine.model.agents.parameters()), allow_unused=True)
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_agents_compute_the_papers_formulas_on_hand_made_weights():
+    """A^c = sigmoid(W2 relu(W1 X_pool)) and A^s = sigmoid(W2 relu(W1 X_bar)): average
+    pooling (not max), ReLU between, sigmoid last, no biases."""
+    x = torch.tensor([[[[1.0, 3.0], [0.0, 0.0]], [[-2.0, 0.0], [0.0, -2.0]]]])  # (1, 2, 2, 2)
+    w1 = torch.zeros(8, 2)
+    w1[0], w1[1] = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])  # hidden 1 is negative
+    w2 = torch.zeros(2, 8)
+    w2[0, 0], w2[0, 1], w2[1, 0] = 2.0, 5.0, -1.0
+    channel = ChannelAgent(2)
+    with torch.no_grad():
+        channel.excite[0].weight.copy_(w1)
+        channel.excite[2].weight.copy_(w2)
+    # X_pool = (1, -1); W1 X_pool = (1, -1, 0...); relu -> (1, 0, ...); W2 -> (2, -1)
+    assert torch.allclose(channel(x), torch.sigmoid(torch.tensor([[2.0, -1.0]])))
+    spatial = SpatialAgent(4)
+    w1 = torch.zeros(8, 4)
+    w1[0] = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    w1[1] = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    w2 = torch.zeros(4, 8)
+    w2[:, 0], w2[:, 1] = torch.tensor([1.0, 0.0, -1.0, 0.5]), 3.0
+    with torch.no_grad():
+        spatial.excite[0].weight.copy_(w1)
+        spatial.excite[2].weight.copy_(w2)
+    # X_bar = channel mean = (-0.5, 1.5, 0, -1); W1 X_bar = (1, -1, 0...); relu -> (1, 0, ...)
+    assert torch.allclose(spatial(x), torch.sigmoid(torch.tensor([[1.0, 0.0, -1.0, 0.5]])))
+    assert torch.allclose(SpatialAgent.reweight(x, spatial(x)),
+                          x * torch.sigmoid(torch.tensor([[1.0, 0.0], [-1.0, 0.5]])))
+
+
+def test_critic_is_fitted_to_the_reward_by_mse():
+    """J_mse = mean (V - R)^2 with R the step's reward, on a critic made constant (V = 0.5)."""
+    engine = make_engine()
+    hook = engine.hooks[0]
+    batch = engine.parse_batch(pk_batch())
+    engine.set_model_mode('train')
+    outputs = engine.model_outputs(batch)
+    reward = torch.tensor([2.0, 1.0, 0.0, 1.0, 2.0, 0.0, 0.0, 1.0])
+    batch[STEP_KEY] = batch[STEP_KEY]._replace(reward=reward)
+    with torch.no_grad():
+        hook.critic.net[-1].weight.zero_()
+        hook.critic.net[-1].bias.fill_(0.5)
+    expected = ((0.5 - reward) ** 2).mean()  # (2.25 + 0.25 + 0.25 + 0.25 + 2.25 + 0.25 * 3) / 8
+    assert hook._fit(engine, batch, outputs)['critic_mse'].item() == pytest.approx(expected.item())
+    assert hook.critic.net[-1].bias.item() > 0.5  # the step moves V towards the mean reward 0.875
+
+
+@pytest.mark.parametrize('reach', ['agents', 'network'])
+def test_value_term_is_minus_the_critic_and_trains_what_value_reach_names(reach):
+    """J_cri = -w mean V, with V from the frozen critic on (X, A); 'agents' (the paper's
+    J_cri(theta)): the agents get exactly d(-w V)/d theta and the trunk nothing;
+    'network': the trunk gets the rest. A small step on it raises V."""
+    engine = make_engine(value_weight=0.5, value_reach=reach)
+    hook = engine.hooks[0]
+    batch = engine.parse_batch(pk_batch())
+    engine.set_model_mode('train')
+    outputs = engine.model_outputs(batch)
+    step = batch[STEP_KEY]
+    value = hook.critic(step.feature, *step.attention).mean()  # independent of the hook
+    agents, trunk = list(engine.model.agents.parameters()), list(engine.model.trunk.parameters())
+    expected = torch.autograd.grad(-0.5 * value, agents, retain_graph=True)
+    term = hook.loss_terms(engine, batch, outputs)['critic_value']
+    assert term.item() == pytest.approx(-0.5 * value.item(), rel=1e-6)
+    engine.model.zero_grad(set_to_none=True)
+    hook.critic.zero_grad(set_to_none=True)
+    term.backward()
+    assert all(p.grad is None for p in hook.critic.parameters())  # the critic is frozen
+    for p, g in zip(agents, expected):
+        assert torch.allclose(p.grad, g, atol=1e-7)
+    trunk_grads = [p.grad for p in trunk if p.grad is not None and p.grad.abs().sum() > 0]
+    assert (trunk_grads == []) == (reach == 'agents')
+    with torch.no_grad():  # a small descent step on -V raises V (same batch statistics)
+        for p in agents + trunk:
+            if p.grad is not None:
+                p -= 1e-3 * p.grad / max(p.grad.abs().max().item(), 1e-12)
+        _, attention, state = engine.model(batch['img'], return_attention=True)
+        assert hook.critic(state, *attention).mean() > value
 
 
 def test_critic_mse_falls_on_a_fixed_batch():
