@@ -6,14 +6,18 @@ Registers, through ``plugins`` only:
 * engine ``apinet`` (:mod:`.engine`): pair mining, pair losses, optional triplet + BNNeck ID loss;
 * config node ``apinet`` (:mod:`.config`);
 * benchmark section ``apinet`` (:mod:`.benchmark`): pair construction against the loop
-  reference, and the train-step cost against torchreid's ResNet-50.
+  reference, and the train-step cost against torchreid's ResNet-50;
+* official check ``apinet`` (:mod:`.official`, ``tools/check_official.py``): our networks,
+  pair mining and losses against PeiqinZhuang/API-Net, imported from the user's clone when
+  the check runs (nothing of it is imported here).
 
 See ``projects/apinet/README.md``.
 """
 import plugins
 from plugins.benchmarking import register_benchmark
+from plugins.official import register_official_check
 
-from . import benchmark
+from . import benchmark, official
 from .config import add_apinet_config
 from .engine import build_apinet_engine
 from .model import apinet_resnet50, apinet_resnet101
@@ -22,3 +26,4 @@ plugins.register_models({'apinet_resnet50': apinet_resnet50, 'apinet_resnet101':
 plugins.register_engine('apinet', build_apinet_engine)
 plugins.register_config('apinet', add_apinet_config)
 register_benchmark('apinet', benchmark.run, benchmark.markdown)
+register_official_check('apinet', 'PeiqinZhuang/API-Net', ('models.py', 'train.py'), official.run)
