@@ -2,7 +2,7 @@
 
 Example::
 
-    python tools/market_subset.py --tarball ../shared/data/market1501.tar.gz --root /tmp/market40
+    python tools/market_subset.py --tarball market1501.tar.gz --root /tmp/market40
     python tools/train.py --config-file configs/baselines/resnet50_scratch_market1501.yaml --root /tmp/market40
 """
 import argparse

@@ -94,7 +94,7 @@ def siamese_attention_loss(model, maps, positive, threshold=0.5):
     ``maps`` hold pairs of images ``(2i, 2i + 1)``; ``positive`` (B/2,) flags the
     pairs of one identity. Importance score ``s_i`` = the sum of the positive
     entries of image i's Siamese embedding, the neurons that drive the
-    verification prediction (the authors' reading, quoted in the seed notes); its
+    verification prediction (our reading of the paper); its
     Grad-CAM on the conv maps, thresholded at ``threshold``, cropped to the region
     above it and resized to the map size, gives ``M'_i``; the loss is
     ``mean ||M'_a - M'_b||_2`` over the positive pairs (0 when there is none, still
