@@ -8,15 +8,19 @@ Registers, through ``plugins`` only:
   ``plugins.AdversarialStepHook``, the teacher through ``plugins.TeacherDistillationHook``;
 * config node ``dgnet`` (:mod:`.config`);
 * the appearance/structure swap grid of ``tools/visualize.py swap`` (:mod:`.swap`);
-* benchmark section ``dgnet`` (:mod:`.benchmark`).
+* benchmark section ``dgnet`` (:mod:`.benchmark`);
+* official check ``dgnet`` (:mod:`.official`) for ``tools/check_official.py``: one training
+  iteration of ours against the official trainer imported from the user's clone (only when
+  the tool runs).
 
 See ``projects/dgnet/README.md``.
 """
 import plugins
 from plugins.benchmarking import register_benchmark
+from plugins.official import register_official_check
 from plugins.visualization import register_appearance_swap
 
-from . import benchmark
+from . import benchmark, official
 from .config import add_dgnet_config
 from .engine import build_dgnet_engine
 from .networks import dgnet_resnet50
@@ -27,3 +31,7 @@ plugins.register_engine('dgnet', build_dgnet_engine)
 plugins.register_config('dgnet', add_dgnet_config)
 register_appearance_swap('dgnet_resnet50', appearance_swap)
 register_benchmark('dgnet', benchmark.run, benchmark.markdown)
+# files that identify a clone; official.run imports the official code from it, never at import time
+register_official_check('dgnet', 'NVlabs/DG-Net', ['trainer.py', 'networks.py', 'reIDmodel.py',
+                                                   'random_erasing.py', 'configs/latest.yaml'],
+                        official.run)

@@ -6,7 +6,7 @@ each with one positive: 32 images) and input size (256x128), 751 classes, on one
 fixed batch; its peak memory; and the ratio to torchreid's ``resnet50`` training
 step (CE + triplet) on as many images. On a GPU also under bf16 and fp16
 autocast. The official code takes 387 ms and 12.1 GiB per iteration on one H200
-in fp32 (``../shared/notes/methods.md``, section 9); target: at most half of that.
+in fp32 at batch 8, 256x128 (as measured for this project); target: at most half of that.
 """
 import os
 import tempfile
