@@ -67,28 +67,6 @@ def batchnorm_stats_frozen(module):
             m.num_batches_tracked.copy_(tracked)
 
 
-def gradient_only_into(term, params, scaler=None):
-    """``term``'s value, with a gradient that reaches ``params`` only.
-
-    Returns ``term.detach() + S - S.detach()`` with ``S = sum_p <g_p, p>`` and
-    ``g_p = d term / d p`` (taken now, keeping the graph for the main backward):
-    the main backward then adds exactly ``g_p`` to each of ``params`` and nothing
-    elsewhere. Under fp16 the gradient is taken of the loss-scaled term (then
-    unscaled), as the main backward's would be, so that it does not underflow.
-    """
-    params = [p for p in params if p.requires_grad]
-    if not params or not term.requires_grad:
-        return term.detach()
-    scale = None if scaler is None else scaler.scale(torch.ones((), device=term.device))
-    grads = torch.autograd.grad(term if scale is None else term * scale, params,
-                                retain_graph=True, allow_unused=True)
-    surrogate = sum((g.detach() if scale is None else g.detach() / scale).mul(p).sum()
-                    for g, p in zip(grads, params) if g is not None)
-    if not torch.is_tensor(surrogate):  # the term does not depend on params
-        return term.detach()
-    return term.detach() + surrogate - surrogate.detach()
-
-
 class Hook:
     """Base hook; every stage is optional.
 
@@ -142,21 +120,18 @@ class CriticUpdateHook(Hook):
         reward_fn: ``(engine, batch, outputs) -> tensor`` of per-sample rewards
             (treated as constants).
         value_weight (float): weight of the ``-V`` term in the main loss.
-        value_params: the parameters that ``-V`` trains (an actor's, say); its gradient
-            reaches no other parameter. None: every parameter upstream of the inputs.
         update_first (bool): fit the critic before the main backward (True) or after
             the main step (False).
     """
 
     def __init__(self, critic, optimizer, reward_fn, inputs_fn, scheduler=None,
-                 value_weight=1.0, value_params=None, update_first=False, name='critic'):
+                 value_weight=1.0, update_first=False, name='critic'):
         self.critic = critic
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.reward_fn = reward_fn
         self.inputs_fn = inputs_fn
         self.value_weight = value_weight
-        self.value_params = None if value_params is None else list(value_params)
         self.update_first = update_first
         self.name = name
 
@@ -178,10 +153,7 @@ class CriticUpdateHook(Hook):
             return {}
         with frozen(self.critic):
             value = self.critic(*self.inputs_fn(engine, batch, outputs))
-        term = -self.value_weight * value.mean()
-        if self.value_params is not None:
-            term = gradient_only_into(term, self.value_params, engine.precision.scaler('model'))
-        return {self.name + '_value': term}
+        return {self.name + '_value': -self.value_weight * value.mean()}
 
     def after_step(self, engine, batch, outputs):
         return None if self.update_first else self._fit(engine, batch, outputs)

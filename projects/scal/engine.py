@@ -13,8 +13,11 @@ One training step (paper Sec. 3.3):
 4. main loss: the ReID terms (label-smoothed CE, plus batch-hard triplet with
    ``loss.name 'triplet'``) and ``J_cri = -V`` weighted by ``scal.value_weight``,
    with the critic frozen (:class:`plugins.CriticUpdateHook`). As the paper writes
-   ``J_cri(theta)``, its gradient reaches only the agents' parameters theta
-   (``scal.value_reach 'agents'``); ``'network'`` lets it reach the trunk too;
+   ``J_cri(theta)`` with the state ``X = F(I; psi)``, its gradient is the actor's
+   of deterministic policy gradients, ``dV/dA dA/dtheta`` with every agent's
+   input held fixed: it reaches the agents' parameters alone
+   (``scal.value_reach 'agents'``); ``'network'`` lets it flow through the
+   states into the trunk and earlier agents too;
 5. the critic's own step on ``J_mse = (V - R)^2`` with detached inputs, after the
    main step (or before the main backward with ``scal.critic_first``).
 
@@ -29,9 +32,9 @@ import torch.nn.functional as F
 from plugins import CriticUpdateHook, PluginEngine
 from plugins.engine import accuracy, engine_options, logits_of, reid_loss_terms
 
-from .model import Critic
+from .model import Critic, critic_state
 
-SCALStep = namedtuple('SCALStep', ['attention', 'feature', 'reward', 'reward_c', 'reward_a'])
+SCALStep = namedtuple('SCALStep', ['attention', 'states', 'reward', 'reward_c', 'reward_a'])
 STEP_KEY = 'scal'  # where a step's SCALStep is kept in the batch dict
 
 
@@ -54,16 +57,24 @@ class SCALEngine(PluginEngine):
     """:class:`plugins.PluginEngine` whose forward also yields attention maps and rewards."""
 
     def model_outputs(self, batch):
-        outputs, attention, feature, plain = self.model(batch['img'], return_attention=True,
-                                                        with_reference=True)
+        outputs, attention, states, plain = self.model(batch['img'], return_attention=True,
+                                                       with_reference=True)
         reward, r_c, r_a = rewards(logits_of(outputs), logits_of(plain), batch['pid'])
-        batch[STEP_KEY] = SCALStep(attention, feature, reward, r_c, r_a)
+        batch[STEP_KEY] = SCALStep(attention, states, reward, r_c, r_a)
         return outputs
 
 
 def critic_inputs(engine, batch, outputs):
+    """``(X, A_1..A_5)`` in the graph: J_cri's gradient reaches whatever produced them."""
     step = batch[STEP_KEY]
-    return (step.feature, *step.attention)
+    return (critic_state(step.states), *step.attention)
+
+
+def critic_inputs_for_the_agents(engine, batch, outputs):
+    """``(X, A_1..A_5)`` with X and each agent's input detached, the attention recomputed
+    from them: J_cri's gradient reaches the agents' parameters only."""
+    states = [x.detach() for x in batch[STEP_KEY].states]
+    return (critic_state(states), *(agent(x) for agent, x in zip(engine.model.agents, states)))
 
 
 def step_reward(engine, batch, outputs):
@@ -93,9 +104,8 @@ def build_scal_engine(cfg, datamanager, model, optimizer, scheduler):
     engine.loss_terms = reid_loss_terms(cfg, engine)
     critic = Critic(net.trunk.out_channels, net.attention_dims, cfg.scal.critic_hidden)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=cfg.scal.critic_lr)
-    engine.add_hook(CriticUpdateHook(critic, critic_optimizer, step_reward, critic_inputs,
+    inputs_fn = critic_inputs_for_the_agents if cfg.scal.value_reach == 'agents' else critic_inputs
+    engine.add_hook(CriticUpdateHook(critic, critic_optimizer, step_reward, inputs_fn,
                                      value_weight=cfg.scal.value_weight,
-                                     value_params=(net.agents.parameters()
-                                                   if cfg.scal.value_reach == 'agents' else None),
                                      update_first=cfg.scal.critic_first))
     return engine

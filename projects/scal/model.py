@@ -76,9 +76,9 @@ class SCALNet(nn.Module):
     ``forward(x, return_featuremaps=False, return_attention=False, attention=True,
     with_reference=False)``: torchreid's contract (eval: pooled feature; training:
     logits or ``(logits, pooled feature)``); ``return_attention`` returns
-    ``(output, attention maps, X)``, what the critic reads: the five attention
-    tensors and X, the pooled map that the last agent reads (the basic network's
-    top feature before that agent's attention); ``attention=False`` runs the same network with
+    ``(output, attention maps, agent inputs)``: the five attention tensors and the
+    five maps the agents read (their states; the critic's X is the last one,
+    pooled: :func:`critic_state`); ``attention=False`` runs the same network with
     every agent's output replaced by 1 (the paper's "without attention"
     prediction behind the amelioration reward); ``with_reference`` appends that
     prediction to the ``return_attention`` tuple, computed from the shared stem.
@@ -114,18 +114,18 @@ class SCALNet(nn.Module):
     def _stages(self, x, attention):
         """From the stem's output: agent 1, then each stage followed by its agent.
 
-        Returns (final map, attention maps, the last agent's input map).
+        Returns (final map, attention maps, each agent's input map).
         """
-        maps = []
+        maps, states = [], []
         for k, agent in enumerate(self.agents):
             if k:
                 x = self.trunk.stages[k - 1](x)
-            state = x
+            states.append(x)
             if attention:
                 a = agent(x)
                 x = agent.reweight(x, a)
                 maps.append(a)
-        return x, maps, state
+        return x, maps, states
 
     def featuremaps(self, x, return_attention=False, attention=True):
         self.check_input(x)
@@ -145,15 +145,20 @@ class SCALNet(nn.Module):
                              'return_featuremaps=False (the reference is the head output)')
         self.check_input(x)
         stem = self.trunk.stem(x)
-        maps, att, state = self._stages(stem, attention)
+        maps, att, states = self._stages(stem, attention)
         out = maps if return_featuremaps else self.head(maps)
         if not return_attention:
             return out
-        result = (out, att, self.head.pool(state))
+        result = (out, att, states)
         if with_reference:
             with torch.no_grad(), batchnorm_stats_frozen(self):
                 result += (self.head(self._stages(stem, attention=False)[0]),)
         return result
+
+
+def critic_state(agent_inputs):
+    """The critic's X: the last agent's input map, globally average-pooled (2,048-d)."""
+    return agent_inputs[-1].mean((2, 3))
 
 
 class Critic(nn.Module):

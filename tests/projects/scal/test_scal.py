@@ -10,7 +10,8 @@ from plugins.export import check_parity, export_onnx, training_only_parameters
 from plugins.hooks import batchnorm_stats_frozen
 from plugins.launch import setup_config
 from projects.scal.engine import STEP_KEY, build_scal_engine, rewards
-from projects.scal.model import ChannelAgent, SCALNet, SpatialAgent, scal_attention_maps
+from projects.scal.model import (ChannelAgent, SCALNet, SpatialAgent, critic_state,
+                                 scal_attention_maps)
 from tests.conftest import (REPO, FakeDataManager, amp_step, changed, run_benchmark_section,
                             snapshot, tiny_synthreid_run)
 
@@ -44,8 +45,8 @@ def test_five_agents_give_attention_in_0_1_with_the_right_shapes(kind):
     torch.manual_seed(0)
     model = SCALNet(5, 'triplet', kind, height=64, width=32).train()
     images = torch.randn(3, 3, 64, 32)
-    (logits, feature), attention, state = model(images, return_attention=True)
-    assert logits.shape == (3, 5)
+    (logits, feature), attention, states = model(images, return_attention=True)
+    assert logits.shape == (3, 5) and len(states) == 5
     # X, the critic's input: the last agent's input pooled, by hand: stem and agents 1-4
     with torch.no_grad():
         x = model.trunk.stem(images)
@@ -53,8 +54,8 @@ def test_five_agents_give_attention_in_0_1_with_the_right_shapes(kind):
             a = model.agents[k](x)
             x = x * (a[:, :, None, None] if kind == 'channel' else a.view(3, 1, *x.shape[2:]))
             x = model.trunk.stages[k](x)
-    assert torch.allclose(state, x.mean((2, 3)), atol=1e-5)
-    assert not torch.allclose(state, feature, atol=1e-3)  # not the attended feature
+    assert torch.allclose(critic_state(states), x.mean((2, 3)), atol=1e-5)
+    assert not torch.allclose(critic_state(states), feature, atol=1e-3)  # not the attended feature
     sizes = model.trunk.output_sizes(64, 32)
     channels = [64, 256, 512, 1024, 2048]
     expected = [(3, c) for c in channels] if kind == 'channel' else [(3, h * w) for h, w in sizes]
@@ -173,17 +174,22 @@ def test_critic_is_fitted_to_the_reward_by_mse():
 
 @pytest.mark.parametrize('reach', ['agents', 'network'])
 def test_value_term_is_minus_the_critic_and_trains_what_value_reach_names(reach):
-    """J_cri = -w mean V, with V from the frozen critic on (X, A); 'agents' (the paper's
-    J_cri(theta)): the agents get exactly d(-w V)/d theta and the trunk nothing;
-    'network': the trunk gets the rest. A small step on it raises V."""
+    """J_cri = -w mean V(X, A), the critic frozen. 'agents' (the paper's J_cri(theta)): the
+    actor gradient dV/dA dA/dtheta with every agent's input held fixed, nothing for the
+    trunk; 'network': through the states as well. A small step on it raises V."""
     engine = make_engine(value_weight=0.5, value_reach=reach)
     hook = engine.hooks[0]
     batch = engine.parse_batch(pk_batch())
     engine.set_model_mode('train')
     outputs = engine.model_outputs(batch)
-    step = batch[STEP_KEY]
-    value = hook.critic(step.feature, *step.attention).mean()  # independent of the hook
+    states, attention = batch[STEP_KEY].states, batch[STEP_KEY].attention
     agents, trunk = list(engine.model.agents.parameters()), list(engine.model.trunk.parameters())
+    if reach == 'agents':  # independent of the engine: agents re-run on detached inputs
+        fixed = [x.detach() for x in states]
+        value = hook.critic(fixed[-1].mean((2, 3)), *(a(x) for a, x in zip(engine.model.agents, fixed)))
+    else:
+        value = hook.critic(states[-1].mean((2, 3)), *attention)
+    value = value.mean()
     expected = torch.autograd.grad(-0.5 * value, agents, retain_graph=True)
     term = hook.loss_terms(engine, batch, outputs)['critic_value']
     assert term.item() == pytest.approx(-0.5 * value.item(), rel=1e-6)
@@ -199,8 +205,8 @@ def test_value_term_is_minus_the_critic_and_trains_what_value_reach_names(reach)
         for p in agents + trunk:
             if p.grad is not None:
                 p -= 1e-3 * p.grad / max(p.grad.abs().max().item(), 1e-12)
-        _, attention, state = engine.model(batch['img'], return_attention=True)
-        assert hook.critic(state, *attention).mean() > value
+        _, attention, states = engine.model(batch['img'], return_attention=True)
+        assert hook.critic(critic_state(states), *attention).mean() > value
 
 
 def test_critic_mse_falls_on_a_fixed_batch():
@@ -222,8 +228,8 @@ def test_reference_pass_shares_the_stem_and_leaves_batchnorm_statistics_alone():
     reference = snapshot(engine.model)
     stem_calls = []
     engine.model.trunk.stem.register_forward_hook(lambda *args: stem_calls.append(1))
-    outputs, attention, feature, plain = engine.model(batch['img'], return_attention=True,
-                                                      with_reference=True)
+    outputs, attention, states, plain = engine.model(batch['img'], return_attention=True,
+                                                     with_reference=True)
     assert len(stem_calls) == 1  # one stem pass feeds both
     # the reference equals a separate no-attention pass with batch statistics
     with torch.no_grad(), batchnorm_stats_frozen(separate):
