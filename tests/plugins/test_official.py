@@ -1,0 +1,44 @@
+"""The official-code check framework: imports from a clone on a CPU offline, and leaves no trace."""
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+from plugins.official import Report, compare, official_code
+
+FAKE_OFFICIAL = '''
+import torch
+import torchvision.models as models
+
+on_gpu = torch.ones(2).cuda() * 3            # official code that assumes a GPU
+trunk = models.resnet18(pretrained=True)     # and downloads ImageNet weights
+net = torch.nn.Linear(2, 1).cuda()
+'''
+
+
+def test_official_code_runs_on_a_cpu_offline_and_is_forgotten_afterwards(tmp_path):
+    (tmp_path / 'fake_official_model.py').write_text(FAKE_OFFICIAL)
+    cuda_before, module_cuda_before, path_before = torch.Tensor.cuda, nn.Module.cuda, list(sys.path)
+    with official_code(str(tmp_path)) as code:
+        module = code.module('fake_official_model')
+        assert module.on_gpu.device.type == 'cpu' and module.on_gpu.tolist() == [3.0, 3.0]
+        assert isinstance(module.trunk, nn.Module)
+        patches = list(code.patches)
+        with pytest.raises(RuntimeError, match='offline'):
+            torch.hub.load_state_dict_from_url('https://example.com/w.pth')
+    assert any('cuda' in p for p in patches) and any('resnet18' in p for p in patches)
+    assert 'fake_official_model' not in sys.modules
+    assert torch.Tensor.cuda is cuda_before and nn.Module.cuda is module_cuda_before
+    assert sys.path == path_before
+
+
+def test_compare_reports_the_largest_difference_and_refuses_other_shapes():
+    row = compare('x', torch.tensor([1.0, 2.0, 3.5]), torch.tensor([1.0, 2.5, 3.0]))
+    assert (row.max_abs_diff, row.max_abs_value) == (0.5, 3.0)
+    with pytest.raises(ValueError, match='shape'):
+        compare('x', torch.zeros(3), torch.zeros(4))
+    report = Report()
+    report.table('t', [row, compare('y', torch.tensor([10.0]), torch.tensor([20.0]))])
+    assert report.worst() == pytest.approx(0.5)  # 10 / max(20, 1), above 0.5 / max(3, 1)
+    assert '| x | 5.00e-01 | 3 |' in report.markdown()
