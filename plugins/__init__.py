@@ -11,6 +11,7 @@ project (:func:`load_projects`). Extension points, each a
 * engines: :func:`register_engine`; hooks: :func:`register_hook`
 * config nodes: :func:`register_config`
 """
+from . import host_warnings  # noqa: F401  (first: before torchreid is imported)
 from .config import CONFIG_NODES, get_default_config, merge_from_file, register_config
 from .discovery import load_projects
 from .engine import ENGINES, LossTerm, PluginEngine, build_engine, register_engine

@@ -22,6 +22,7 @@ from torchreid.reid import metrics
 from torchreid.reid.utils import compute_model_complexity
 
 from .evaluation import evaluate_rank_full
+from .flops import count_macs
 from .registry import Registry
 
 BENCHMARKS = Registry('benchmark section')
@@ -148,6 +149,7 @@ def measure_costs(engine, cfg, onnx_path=None, steps=5):
     h, w, bs = cfg.data.height, cfg.data.width, cfg.train.batch_size
     model.eval()
     params, flops = compute_model_complexity(model, (1, 3, h, w))
+    macs = count_macs(model, (1, 3, h, w))
     sync = torch.cuda.synchronize if device.type == 'cuda' else None
     batch = pk_batch(bs, h, w, engine.datamanager.num_train_pids, device, cfg.sampler.num_instances)
 
@@ -157,7 +159,7 @@ def measure_costs(engine, cfg, onnx_path=None, steps=5):
     engine.set_model_mode('eval')
     with torch.no_grad():
         infer_s = median_time(lambda: model(batch['img']), steps=steps, sync=sync)
-    result = {'params': int(params), 'gflops': flops / 1e9, 'train_step_s': step_s,
+    result = {'params': int(params), 'gflops': flops / 1e9, 'gmacs': macs / 1e9, 'train_step_s': step_s,
               'train_step_mem_mib': step_mem, 'train_step_mem_kind': (
                   'cuda peak allocated' if device.type == 'cuda' else 'CPU peak RSS growth'),
               'infer_batch': bs, 'infer_torch_img_s': bs / infer_s}
@@ -456,7 +458,8 @@ def bench_models(args, previous, save):
 MODEL_COLUMNS = (
     ('config', '{}'), ('model', '{}'), ('Rank-1 (%)', '{:.1f}'), ('Rank-5 (%)', '{:.1f}'),
     ('mAP (%)', '{:.1f}'), ('mINP (%)', '{:.1f}'), ('train (s)', '{:.0f}'),
-    ('train img/s', '{:.1f}'), ('params (M)', '{:.2f}'), ('GFLOPs', '{:.2f}'),
+    ('train img/s', '{:.1f}'), ('params (M)', '{:.2f}'), ('host GMACs', '{:.2f}'),
+    ('GMACs', '{:.2f}'),
     ('step (ms)', '{:.0f}'), ('step mem (MiB)', '{:.0f}'), ('infer img/s torch', '{:.0f}'),
     ('infer img/s onnx', '{:.0f}'), ('eval (s)', '{:.1f}'),
 )
@@ -467,7 +470,7 @@ def _model_row(name, run):
               100 * run.get('rank5', np.nan), 100 * run.get('mAP', np.nan),
               100 * run.get('mINP', np.nan), run.get('train_s', np.nan),
               run.get('train_img_s', np.nan), run.get('params', np.nan) / 1e6,
-              run.get('gflops', np.nan), 1000 * run.get('train_step_s', np.nan),
+              run.get('gflops', np.nan), run.get('gmacs', np.nan), 1000 * run.get('train_step_s', np.nan),
               run.get('train_step_mem_mib', np.nan), run.get('infer_torch_img_s', np.nan),
               run.get('infer_onnx_img_s', np.nan), run.get('eval_s', np.nan)]
     cells = []
@@ -485,10 +488,12 @@ def markdown_models(result):
              '',
              'Train time and img/s cover the whole budget; step and memory are one training '
              'step at the config\'s batch size ({}); inference is a batch of the same size. '
-             'Params and GFLOPs are torchreid\'s `compute_model_complexity` in eval mode: it counts '
-             'the layers it hooks as they are called, so training-only heads are left out, and so '
-             'are weights a module reads without calling their layer and its matrix products '
-             '(RGA\'s factored relations: see the rga section).'.format(
+             'Params and host GMACs are torchreid\'s `compute_model_complexity` in eval mode: it '
+             'counts the layers it hooks as they are called, so it misses weights a module reads '
+             'without calling their layer and matrix products (RGA\'s relations). GMACs are '
+             'counted by `torch.utils.flop_counter` over the same eval forward: every '
+             'convolution, matrix product and attention kernel that runs (`plugins.flops`). '
+             'Training-only heads are in neither.'.format(
                  ', '.join(sorted(kinds)) or 'not measured'),
              '',
              '| ' + ' | '.join(c for c, _ in MODEL_COLUMNS) + ' |',

@@ -20,6 +20,7 @@ from . import distributed, samplers
 from .checkpoint import load_weights_strict
 from .datasets import synthreid
 from .engine import build_engine
+from .flops import count_macs
 from .heads import convert_sync_batchnorm
 from .models import build_model
 from .resilience import latest_checkpoint
@@ -204,8 +205,11 @@ def build_run(cfg, verbose=True):
         print('Building model: {}'.format(cfg.model.name))
     model = build_model_from_config(cfg, datamanager.num_train_pids)
     if verbose:
-        num_params, flops = compute_model_complexity(model, (1, 3, cfg.data.height, cfg.data.width))
-        print('Model complexity: params={:,} flops={:,}'.format(num_params, flops))
+        size = (1, 3, cfg.data.height, cfg.data.width)
+        num_params, flops = compute_model_complexity(model, size)
+        print('Model complexity: params={:,} flops={:,} (torchreid\'s count of the layers it hooks); '
+              'MACs={:,} (every operation that runs, torch.utils.flop_counter)'.format(
+                  num_params, flops, count_macs(model, size)))
     if cfg.use_gpu:
         model = model.cuda()
     if cfg.train.sync_bn and distributed.is_distributed():

@@ -15,7 +15,7 @@ CONFIGS = [os.path.join(REPO, 'configs', 'baselines', name)
 TINY = TINY_SYNTHREID + ['data.height', '32', 'data.width', '16', 'data.workers', '0',
                          'train.batch_size', '8', 'test.batch_size', '16', 'model.name', 'resnet18']
 RUN_KEYS = ('rank1', 'rank5', 'mAP', 'mINP', 'train_s', 'train_img_s', 'params', 'gflops',
-            'train_step_s', 'train_step_mem_mib', 'infer_torch_img_s', 'infer_onnx_img_s', 'eval_s')
+            'gmacs', 'train_step_s', 'train_step_mem_mib', 'infer_torch_img_s', 'infer_onnx_img_s', 'eval_s')
 
 
 def test_models_section_writes_every_figure_and_resumes(tmp_path, capsys):

@@ -18,9 +18,8 @@ import os.path as osp
 import sys
 import time
 
+import plugins  # first: it silences the host's false import-time warning (plugins.host_warnings)
 from torchreid.reid.utils import Logger, collect_env_info, set_random_seed
-
-import plugins
 from plugins import distributed
 from plugins.config import engine_run_kwargs
 from plugins.images import ImageReadError, original_message
@@ -76,6 +75,7 @@ def main(argv=None):
     print('Collecting env info ...')
     print('** System info **\n{}\n'.format(collect_env_info()))
     print('Plugin projects: {}'.format(sorted(plugins.load_projects()) or 'none installed'))
+    print('Evaluation: plugins.evaluation.evaluate_rank (vectorised; replaces the host\'s ranking)')
     if distributed.is_distributed():
         print('Distributed: {} processes, global batch {}'.format(
             distributed.get_world_size(), cfg.train.batch_size))

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torchreid
@@ -5,6 +8,7 @@ from torchreid.reid.data import ImageDataManager
 
 import plugins
 from plugins.host_fixes import install_host_fixes
+from tests.conftest import REPO
 
 
 def test_missing_dataset_folder_is_named_and_nothing_is_downloaded(tmp_path, monkeypatch):
@@ -31,3 +35,13 @@ def test_engine_evaluation_uses_the_fast_metric_and_fixes_are_idempotent():
     cmc, mAP = torchreid.reid.metrics.evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams,
                                                     use_metric_cuhk03=True)
     assert cmc[-1] == 1.0 and 0 < mAP <= 1  # every query's id is in the gallery
+
+
+def test_importing_plugins_silences_only_the_hosts_false_cython_warning():
+    """torchreid warns at import that its Cython evaluation is missing; ours replaces it."""
+    code = ('import warnings, plugins; '
+            'warnings.warn("another warning")')
+    proc = subprocess.run([sys.executable, '-W', 'default', '-c', code], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert 'Cython evaluation' not in proc.stderr and 'another warning' in proc.stderr
