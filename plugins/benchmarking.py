@@ -159,7 +159,8 @@ def measure_costs(engine, cfg, onnx_path=None, steps=5):
     engine.set_model_mode('eval')
     with torch.no_grad():
         infer_s = median_time(lambda: model(batch['img']), steps=steps, sync=sync)
-    result = {'params': int(params), 'gflops': flops / 1e9, 'gmacs': macs / 1e9, 'train_step_s': step_s,
+    result = {'params': int(params), 'gflops': flops / 1e9, 'gmacs': macs / 1e9,
+              'train_step_s': step_s,
               'train_step_mem_mib': step_mem, 'train_step_mem_kind': (
                   'cuda peak allocated' if device.type == 'cuda' else 'CPU peak RSS growth'),
               'infer_batch': bs, 'infer_torch_img_s': bs / infer_s}
@@ -470,7 +471,8 @@ def _model_row(name, run):
               100 * run.get('rank5', np.nan), 100 * run.get('mAP', np.nan),
               100 * run.get('mINP', np.nan), run.get('train_s', np.nan),
               run.get('train_img_s', np.nan), run.get('params', np.nan) / 1e6,
-              run.get('gflops', np.nan), run.get('gmacs', np.nan), 1000 * run.get('train_step_s', np.nan),
+              run.get('gflops', np.nan), run.get('gmacs', np.nan),
+              1000 * run.get('train_step_s', np.nan),
               run.get('train_step_mem_mib', np.nan), run.get('infer_torch_img_s', np.nan),
               run.get('infer_onnx_img_s', np.nan), run.get('eval_s', np.nan)]
     cells = []

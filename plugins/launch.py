@@ -207,8 +207,8 @@ def build_run(cfg, verbose=True):
     if verbose:
         size = (1, 3, cfg.data.height, cfg.data.width)
         num_params, flops = compute_model_complexity(model, size)
-        print('Model complexity: params={:,} flops={:,} (torchreid\'s count of the layers it hooks); '
-              'MACs={:,} (every operation that runs, torch.utils.flop_counter)'.format(
+        print('Model complexity: params={:,} flops={:,} (torchreid\'s count of the layers it '
+              'hooks); MACs={:,} (every operation that runs, torch.utils.flop_counter)'.format(
                   num_params, flops, count_macs(model, size)))
     if cfg.use_gpu:
         model = model.cuda()

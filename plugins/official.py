@@ -10,6 +10,7 @@ PATH, with the few run-time patches it needs on a CPU without internet, each lis
 in the report (:class:`OfficialCode.patches`).
 """
 import contextlib
+import importlib
 import os
 import sys
 from collections import namedtuple
@@ -119,7 +120,6 @@ class OfficialCode:
 
     def module(self, name):
         """Import ``name`` (dotted, relative to the clone's root) from the clone."""
-        import importlib
         return importlib.import_module(name)
 
     def patch(self, owner, attribute, value, why):

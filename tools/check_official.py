@@ -48,7 +48,8 @@ def main(argv=None):
     with official_code(root) as code:
         report = check.run(code, args)
         patches = list(code.patches)
-    text = '\n'.join([report.markdown(), '', 'Run-time patches of the official code:', ''] +
+    heading = 'Run-time patches in force (applied whether or not this code base needs each):'
+    text = '\n'.join([report.markdown(), '', heading, ''] +
                      ['- {}'.format(p) for p in patches]) + '\n'
     print(text)
     if args.out:
