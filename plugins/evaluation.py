@@ -203,3 +203,32 @@ def _stack_truncated(curves):
     """Stack per-query curves cut to the shortest, as the host's curves are when they stack."""
     length = min(c.size for c in curves)
     return np.asarray([c[:length] for c in curves], dtype=np.float32)
+
+
+def flip_averaged(extract, images):
+    """``test.flip``: the mean of the features of ``images`` and of their horizontal mirrors
+    (``extract(images)`` -> (N, D)). The mean, not the sum, keeps Euclidean distances on the
+    scale of single-pass features; after L2 normalisation the two rank alike."""
+    return (extract(images) + extract(images.flip(-1))) / 2
+
+
+def average_query_expansion(query, gallery, k=5, alpha=3.0, chunk_rows=4096):
+    """``test.aqe``: alpha-weighted query expansion (Radenovic et al., TPAMI'19), on query and
+    gallery features alike, as fast-reid applies it.
+
+    Each L2-normalised feature f is replaced by ``normalize(sum_j s_j^alpha f_j)`` over its
+    ``k`` most cosine-similar features among query + gallery, itself included (s_j the
+    similarity). Rows go in chunks of ``chunk_rows``, so the full similarity matrix is never
+    held. Returns the expanded (query, gallery).
+    """
+    if k < 1 or alpha < 0:
+        raise ValueError('test.aqe_k must be at least 1 and test.aqe_alpha at least 0; got {} and {}'
+                         .format(k, alpha))
+    features = torch.nn.functional.normalize(torch.cat([query, gallery]).float(), dim=1)
+    expanded = []
+    for rows in features.split(chunk_rows):
+        sims, index = (rows @ features.T).topk(min(k, len(features)), dim=1)
+        weights = sims.clamp(min=0) ** alpha
+        expanded.append((weights[:, :, None] * features[index]).sum(1))
+    expanded = torch.nn.functional.normalize(torch.cat(expanded), dim=1)
+    return expanded[:len(query)], expanded[len(query):]
