@@ -6,9 +6,14 @@ which numpy 1.24-1.26 lack (numpy 2 re-added it as an alias of ``np.bool_``).
 This module computes the same numbers with a vectorised pass over query
 chunks, and adds mINP (Ye et al., TPAMI'21) from the same pass.
 """
+import json
+import os
+import time
+
 import numpy as np
 import torch
 from torchreid.reid.metrics import distance as host_distance
+from torchreid.reid.utils import re_ranking
 
 # Rows per chunk are chosen so one chunk holds about this many (query, gallery)
 # cells: a few 8-byte arrays of this size stay around 100 MB at Market scale.
@@ -232,3 +237,36 @@ def average_query_expansion(query, gallery, k=5, alpha=3.0, chunk_rows=4096):
         expanded.append((weights[:, :, None] * features[index]).sum(1))
     expanded = torch.nn.functional.normalize(torch.cat(expanded), dim=1)
     return expanded[:len(query)], expanded[len(query):]
+
+
+def distances(query, gallery, dist_metric='euclidean', normalize_feature=False, rerank=False,
+              aqe=False, aqe_k=5, aqe_alpha=3.0):
+    """The query x gallery distance matrix (numpy) of the engine's evaluation: optional L2
+    normalisation, query expansion (:func:`average_query_expansion`, on normalised
+    features), the metric, then k-reciprocal re-ranking (the host's ``re_ranking``)."""
+    if normalize_feature:
+        query, gallery = (torch.nn.functional.normalize(x, dim=1) for x in (query, gallery))
+    if aqe:
+        query, gallery = average_query_expansion(query, gallery, aqe_k, aqe_alpha)
+    distmat = compute_distance_matrix(query, gallery, dist_metric).numpy()
+    if rerank:
+        distmat = re_ranking(distmat, compute_distance_matrix(query, query, dist_metric).numpy(),
+                             compute_distance_matrix(gallery, gallery, dist_metric).numpy())
+    return distmat
+
+
+def rank_metrics(distmat, query, gallery, use_metric_cuhk03=False):
+    """``{'cmc', 'mAP'[, 'mINP']}`` for ``query``/``gallery`` = (features, pids, camids)."""
+    args = (distmat, query[1], gallery[1], query[2], gallery[2])
+    if use_metric_cuhk03:
+        cmc, mAP = eval_cuhk03(*args, max_rank=50)
+        return {'cmc': cmc, 'mAP': float(mAP)}
+    result = evaluate_rank_full(*args)
+    return {'cmc': result['cmc'], 'mAP': float(result['mAP']), 'mINP': float(result['mINP'])}
+
+
+def append_metrics(save_dir, record):
+    """Append ``record`` as one JSON line to ``<save_dir>/metrics.jsonl`` (with a timestamp)."""
+    os.makedirs(save_dir, exist_ok=True)
+    with open(os.path.join(save_dir, 'metrics.jsonl'), 'a') as f:
+        f.write(json.dumps({'time': time.time(), **record}) + '\n')

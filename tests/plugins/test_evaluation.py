@@ -269,3 +269,21 @@ def test_average_query_expansion_on_a_hand_computed_case():
     assert torch.allclose(squared[0], (a + 0.36 * b) / (a + 0.36 * b).norm(), atol=1e-6)
     with pytest.raises(ValueError, match='aqe_k'):
         average_query_expansion(query, gallery, k=0)
+
+
+def test_each_evaluation_appends_a_json_line_matching_what_it_prints(tmp_path, capsys):
+    from tests.conftest import REPO, tiny_synthreid_run
+    config = os.path.join(REPO, 'configs', 'baselines', 'resnet50_synthreid.yaml')
+    engine = tiny_synthreid_run(config, tmp_path, 'model.name', 'resnet18')
+    plain = engine.test(save_dir=str(tmp_path))
+    expanded = engine.test(save_dir=str(tmp_path), flip=True, aqe=True, aqe_k=3, rerank=True)
+    lines = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+    assert [line['rank1'] for line in lines] == [plain, expanded]
+    assert lines[1]['options'] == {'dist_metric': 'euclidean', 'normalize_feature': False,
+                                   'rerank': True, 'flip': True, 'aqe': True, 'aqe_k': 3,
+                                   'aqe_alpha': 3.0, 'cuhk03_metric': False}
+    printed = capsys.readouterr().out
+    for line in lines:
+        assert line['dataset'] == 'synthreid'
+        assert 'mAP: {:.1%}'.format(line['mAP']) in printed
+        assert 'Rank-5  : {:.1%}'.format(line['rank5']) in printed
