@@ -123,6 +123,10 @@ def _upstream_defaults(cfg):
     cfg.test.eval_freq = -1  # evaluation frequency (-1 means to only test after training)
     cfg.test.start_eval = 0  # start to evaluate after a specific epoch
     cfg.test.rerank = False  # use person re-ranking
+    cfg.test.flip = False  # retrieval feature: mean of the image's and its mirror's
+    cfg.test.aqe = False  # alpha-weighted query expansion on query and gallery features
+    cfg.test.aqe_k = 5  # neighbours (itself included) each feature is expanded with
+    cfg.test.aqe_alpha = 3.0  # weight: cosine similarity ** alpha
     cfg.test.visrank = False  # visualize ranked results (only with test.evaluate=True)
     cfg.test.visrank_topk = 10  # top-k ranks to visualize
 
@@ -383,4 +387,8 @@ def engine_run_kwargs(cfg):
         'use_metric_cuhk03': cfg.cuhk03.use_metric_cuhk03,
         'ranks': cfg.test.ranks,
         'rerank': cfg.test.rerank,
+        'flip': cfg.test.flip,
+        'aqe': cfg.test.aqe,
+        'aqe_k': cfg.test.aqe_k,
+        'aqe_alpha': cfg.test.aqe_alpha,
     }

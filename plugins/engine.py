@@ -22,8 +22,9 @@ from torch.utils.tensorboard import SummaryWriter
 from torchreid.reid import engine as host_engines
 from torchreid.reid import metrics
 from torchreid.reid.engine import Engine
+from torchreid.reid.utils import visualize_ranked_results
 
-from . import distributed
+from . import distributed, evaluation
 from .checkpoint import load_checkpoint, plain, save_checkpoint
 from .evaluation import set_distance_device
 from .hooks import TeacherDistillationHook
@@ -275,7 +276,6 @@ class PluginEngine(Engine):
                 self.test(save_dir=save_dir, **test_kwargs)
             distributed.barrier()
             return
-        test_kwargs.pop('rerank', None)  # the host re-ranks in test-only runs alone
         if self.writer is None and distributed.is_main():
             self.writer = SummaryWriter(log_dir=save_dir)
         time_start = time.time()
@@ -295,6 +295,61 @@ class PluginEngine(Engine):
         print('Elapsed {}'.format(datetime.timedelta(seconds=round(time.time() - time_start))))
         if self.writer is not None:
             self.writer.close()
+
+    @torch.no_grad()
+    def test(self, dist_metric='euclidean', normalize_feature=False, visrank=False, visrank_topk=10,
+             save_dir='', use_metric_cuhk03=False, ranks=(1, 5, 10, 20), rerank=False, flip=False,
+             aqe=False, aqe_k=5, aqe_alpha=3.0):
+        """The host's test on every target dataset, plus ``test.flip`` and ``test.aqe``, with
+        re-ranking in any run; each evaluation is appended to ``<save_dir>/metrics.jsonl``.
+        Returns the last target's Rank-1, as the host's does."""
+        self.set_model_mode('eval')
+        options = {'dist_metric': dist_metric, 'normalize_feature': normalize_feature,
+                   'rerank': rerank, 'flip': flip, 'aqe': aqe, 'aqe_k': aqe_k,
+                   'aqe_alpha': aqe_alpha, 'cuhk03_metric': use_metric_cuhk03}
+        rank1 = 0.0
+        for name in self.test_loader:
+            domain = 'source' if name in self.datamanager.sources else 'target'
+            print('##### Evaluating {} ({}) #####'.format(name, domain))
+            loaders = self.test_loader[name]
+            query = self._eval_features(loaders['query'], flip)
+            gallery = self._eval_features(loaders['gallery'], flip)
+            distmat = evaluation.distances(query[0], gallery[0], **{
+                k: options[k] for k in ('dist_metric', 'normalize_feature', 'rerank', 'aqe',
+                                        'aqe_k', 'aqe_alpha')})
+            result = evaluation.rank_metrics(distmat, query, gallery, use_metric_cuhk03)
+            print('** Results **\nmAP: {:.1%}'.format(result['mAP']) +
+                  ('\nmINP: {:.1%}'.format(result['mINP']) if 'mINP' in result else '') +
+                  '\nCMC curve' + ''.join('\nRank-{:<3}: {:.1%}'.format(r, result['cmc'][r - 1])
+                                          for r in ranks))
+            rank1 = result['cmc'][0]
+            if self.writer is not None:
+                self.writer.add_scalar('Test/{}/rank1'.format(name), rank1, self.epoch)
+                self.writer.add_scalar('Test/{}/mAP'.format(name), result['mAP'], self.epoch)
+            evaluation.append_metrics(save_dir or self.save_dir, dict(
+                kind='test', epoch=self.epoch + 1, dataset=name, mAP=result['mAP'],
+                mINP=result.get('mINP'), options=options,
+                **{'rank{}'.format(r): float(result['cmc'][r - 1]) for r in ranks}))
+            if visrank:
+                visualize_ranked_results(
+                    distmat, self.datamanager.fetch_test_loaders(name), self.datamanager.data_type,
+                    width=self.datamanager.width, height=self.datamanager.height,
+                    save_dir=osp.join(save_dir, 'visrank_' + name), topk=visrank_topk)
+        return rank1
+
+    def _eval_features(self, loader, flip):
+        """(features on the CPU, pids, camids) of a test loader; with ``flip`` each feature is
+        the mean of the image's and its mirror's."""
+        features, pids, camids = [], [], []
+        for data in loader:
+            images, pid, camid = self.parse_data_for_eval(data)
+            images = images.to(self.device, non_blocking=True)
+            f = (evaluation.flip_averaged(self.extract_features, images) if flip
+                 else self.extract_features(images))
+            features.append(f.float().cpu())
+            pids.append(torch.as_tensor(pid))
+            camids.append(torch.as_tensor(camid))
+        return torch.cat(features), torch.cat(pids).numpy(), torch.cat(camids).numpy()
 
     def _test_and_save(self, save_dir, test_kwargs):
         """Evaluate (rank 0) and save; a pending stop request saves first and skips the test."""
@@ -391,6 +446,10 @@ class PluginEngine(Engine):
             datetime.timedelta(seconds=int(step_time * remaining)),
             '  '.join('{} {:.4f}'.format(k, v) for k, v in averages.items()),
             skipped, self.get_current_lr()), flush=True)
+        evaluation.append_metrics(self.save_dir, dict(
+            kind='train', epoch=self.epoch + 1, iteration=done, lr=self.get_current_lr(),
+            step_time=step_time, skipped_steps=self.skipped_steps,
+            **{k: float(v) for k, v in averages.items()}))
         if self.writer is not None:
             n_iter = self.epoch * self.num_batches + done
             self.writer.add_scalar('Train/time', step_time, n_iter)

@@ -6,9 +6,14 @@ which numpy 1.24-1.26 lack (numpy 2 re-added it as an alias of ``np.bool_``).
 This module computes the same numbers with a vectorised pass over query
 chunks, and adds mINP (Ye et al., TPAMI'21) from the same pass.
 """
+import json
+import os
+import time
+
 import numpy as np
 import torch
 from torchreid.reid.metrics import distance as host_distance
+from torchreid.reid.utils import re_ranking
 
 # Rows per chunk are chosen so one chunk holds about this many (query, gallery)
 # cells: a few 8-byte arrays of this size stay around 100 MB at Market scale.
@@ -203,3 +208,65 @@ def _stack_truncated(curves):
     """Stack per-query curves cut to the shortest, as the host's curves are when they stack."""
     length = min(c.size for c in curves)
     return np.asarray([c[:length] for c in curves], dtype=np.float32)
+
+
+def flip_averaged(extract, images):
+    """``test.flip``: the mean of the features of ``images`` and of their horizontal mirrors
+    (``extract(images)`` -> (N, D)). The mean, not the sum, keeps Euclidean distances on the
+    scale of single-pass features; after L2 normalisation the two rank alike."""
+    return (extract(images) + extract(images.flip(-1))) / 2
+
+
+def average_query_expansion(query, gallery, k=5, alpha=3.0, chunk_rows=4096):
+    """``test.aqe``: alpha-weighted query expansion (Radenovic et al., TPAMI'19), on query and
+    gallery features alike, as fast-reid applies it.
+
+    Each L2-normalised feature f is replaced by ``normalize(sum_j s_j^alpha f_j)`` over its
+    ``k`` most cosine-similar features among query + gallery, itself included (s_j the
+    similarity). Rows go in chunks of ``chunk_rows``, so the full similarity matrix is never
+    held. Returns the expanded (query, gallery).
+    """
+    if k < 1 or alpha < 0:
+        raise ValueError('test.aqe_k must be at least 1 and test.aqe_alpha at least 0; got {} and {}'
+                         .format(k, alpha))
+    features = torch.nn.functional.normalize(torch.cat([query, gallery]).float(), dim=1)
+    expanded = []
+    for rows in features.split(chunk_rows):
+        sims, index = (rows @ features.T).topk(min(k, len(features)), dim=1)
+        weights = sims.clamp(min=0) ** alpha
+        expanded.append((weights[:, :, None] * features[index]).sum(1))
+    expanded = torch.nn.functional.normalize(torch.cat(expanded), dim=1)
+    return expanded[:len(query)], expanded[len(query):]
+
+
+def distances(query, gallery, dist_metric='euclidean', normalize_feature=False, rerank=False,
+              aqe=False, aqe_k=5, aqe_alpha=3.0):
+    """The query x gallery distance matrix (numpy) of the engine's evaluation: optional L2
+    normalisation, query expansion (:func:`average_query_expansion`, on normalised
+    features), the metric, then k-reciprocal re-ranking (the host's ``re_ranking``)."""
+    if normalize_feature:
+        query, gallery = (torch.nn.functional.normalize(x, dim=1) for x in (query, gallery))
+    if aqe:
+        query, gallery = average_query_expansion(query, gallery, aqe_k, aqe_alpha)
+    distmat = compute_distance_matrix(query, gallery, dist_metric).numpy()
+    if rerank:
+        distmat = re_ranking(distmat, compute_distance_matrix(query, query, dist_metric).numpy(),
+                             compute_distance_matrix(gallery, gallery, dist_metric).numpy())
+    return distmat
+
+
+def rank_metrics(distmat, query, gallery, use_metric_cuhk03=False):
+    """``{'cmc', 'mAP'[, 'mINP']}`` for ``query``/``gallery`` = (features, pids, camids)."""
+    args = (distmat, query[1], gallery[1], query[2], gallery[2])
+    if use_metric_cuhk03:
+        cmc, mAP = eval_cuhk03(*args, max_rank=50)
+        return {'cmc': cmc, 'mAP': float(mAP)}
+    result = evaluate_rank_full(*args)
+    return {'cmc': result['cmc'], 'mAP': float(result['mAP']), 'mINP': float(result['mINP'])}
+
+
+def append_metrics(save_dir, record):
+    """Append ``record`` as one JSON line to ``<save_dir>/metrics.jsonl`` (with a timestamp)."""
+    os.makedirs(save_dir, exist_ok=True)
+    with open(os.path.join(save_dir, 'metrics.jsonl'), 'a') as f:
+        f.write(json.dumps({'time': time.time(), **record}) + '\n')

@@ -9,7 +9,8 @@ import torch
 from plugins import evaluation
 from plugins.benchmarking import load_pristine_host_rank
 from plugins.evaluation import (
-    eval_cuhk03, evaluate_rank, evaluate_rank_full, patch_host_cuhk03_metric
+    average_query_expansion, eval_cuhk03, evaluate_rank, evaluate_rank_full, flip_averaged,
+    patch_host_cuhk03_metric
 )
 from tests.conftest import load_tool
 
@@ -245,3 +246,44 @@ def test_chunked_distance_matrix_equals_the_host(metric):
         assert torch.equal(compute_distance_matrix(qf, gf, metric), host(qf, gf, metric))
     finally:
         evaluation.set_distance_device(None)
+
+
+def test_flip_averaged_is_the_mean_of_two_explicit_passes():
+    images = torch.arange(2 * 3 * 2 * 4, dtype=torch.float32).view(2, 3, 2, 4)
+    extract = lambda x: x[:, 0, 0, :2]  # noqa: E731  (the first two columns of the first row)
+    assert torch.equal(flip_averaged(extract, images),
+                       (images[:, 0, 0, :2] + images[:, 0, 0, [3, 2]]) / 2)
+
+
+def test_average_query_expansion_on_a_hand_computed_case():
+    """Three unit vectors in 2D, k 2, alpha 1: each becomes the normalised sum of itself and
+    its most similar other, weighted by cosine similarity."""
+    a, b, c = torch.tensor([1.0, 0.0]), torch.tensor([0.6, 0.8]), torch.tensor([0.0, 1.0])
+    query, gallery = average_query_expansion(torch.stack([a * 3]), torch.stack([b, c * 2]), k=2,
+                                             alpha=1.0)
+    # a's nearest other is b (0.6); b's is c (0.8 > 0.6); c's is b (0.8)
+    expected = torch.stack([a + 0.6 * b, b + 0.8 * c, c + 0.8 * b])
+    expected = expected / expected.norm(dim=1, keepdim=True)
+    assert torch.allclose(torch.cat([query, gallery]), expected, atol=1e-6)
+    squared, _ = average_query_expansion(torch.stack([a]), torch.stack([b, c]), k=2, alpha=2.0)
+    assert torch.allclose(squared[0], (a + 0.36 * b) / (a + 0.36 * b).norm(), atol=1e-6)
+    with pytest.raises(ValueError, match='aqe_k'):
+        average_query_expansion(query, gallery, k=0)
+
+
+def test_each_evaluation_appends_a_json_line_matching_what_it_prints(tmp_path, capsys):
+    from tests.conftest import REPO, tiny_synthreid_run
+    config = os.path.join(REPO, 'configs', 'baselines', 'resnet50_synthreid.yaml')
+    engine = tiny_synthreid_run(config, tmp_path, 'model.name', 'resnet18')
+    plain = engine.test(save_dir=str(tmp_path))
+    expanded = engine.test(save_dir=str(tmp_path), flip=True, aqe=True, aqe_k=3, rerank=True)
+    lines = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+    assert [line['rank1'] for line in lines] == [plain, expanded]
+    assert lines[1]['options'] == {'dist_metric': 'euclidean', 'normalize_feature': False,
+                                   'rerank': True, 'flip': True, 'aqe': True, 'aqe_k': 3,
+                                   'aqe_alpha': 3.0, 'cuhk03_metric': False}
+    printed = capsys.readouterr().out
+    for line in lines:
+        assert line['dataset'] == 'synthreid'
+        assert 'mAP: {:.1%}'.format(line['mAP']) in printed
+        assert 'Rank-5  : {:.1%}'.format(line['rank5']) in printed
