@@ -17,11 +17,9 @@ from collections import namedtuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torchreid.reid import metrics
 from torchreid.reid.utils import compute_model_complexity
 
-from .evaluation import evaluate_rank_full
+from .evaluation import evaluate_rank_full, read_metrics
 from .flops import count_macs
 from .registry import Registry
 
@@ -183,30 +181,85 @@ def onnx_inference_time(model, cfg, path, images, steps=5):
     return median_time(lambda: session.run(None, feed), steps=steps)
 
 
-@torch.no_grad()
-def evaluate_engine(engine, cfg):
-    """Rank-1/5/10, mAP and mINP of the engine's model on its first target dataset, timed."""
-    start = time.perf_counter()
-    engine.set_model_mode('eval')
+# The evaluation options the models section compares on the same weights: (label, flip, rerank).
+EVALUATION_VARIANTS = (('', False, False), ('flip', True, False), ('rerank', False, True),
+                       ('flip_rerank', True, True))
+
+
+def evaluate_engine(engine, cfg, run_dir):
+    """Rank-1/5/10, mAP and mINP of the engine's model on its first target dataset, with and
+    without ``test.flip`` and ``test.rerank`` (keys suffixed ``_flip``, ``_rerank``,
+    ``_flip_rerank``), each timed. The numbers are read back from the lines the engine's
+    evaluation appends to ``<run_dir>/metrics.jsonl``, the table's one source."""
+    from .config import evaluation_kwargs
+
     name = list(engine.test_loader.keys())[0]
-    feats = {}
-    for split in ('query', 'gallery'):
-        chunks, pids, camids = [], [], []
-        for data in engine.test_loader[name][split]:
-            imgs, pid, camid = engine.parse_data_for_eval(data)
-            chunks.append(engine.extract_features(imgs.to(engine.device)).cpu())
-            pids.append(pid)
-            camids.append(camid)
-        feats[split] = (torch.cat(chunks), torch.cat(pids).numpy(), torch.cat(camids).numpy())
-    (qf, q_pids, q_cams), (gf, g_pids, g_cams) = feats['query'], feats['gallery']
-    if cfg.test.normalize_feature:
-        qf, gf = F.normalize(qf, dim=1), F.normalize(gf, dim=1)
-    distmat = metrics.compute_distance_matrix(qf, gf, cfg.test.dist_metric).numpy()
-    result = evaluate_rank_full(distmat, q_pids, g_pids, q_cams, g_cams)
-    cmc = result['cmc']
-    return {'dataset': name, 'rank1': float(cmc[0]), 'rank5': float(cmc[min(4, len(cmc) - 1)]),
-            'rank10': float(cmc[min(9, len(cmc) - 1)]), 'mAP': float(result['mAP']),
-            'mINP': float(result['mINP']), 'eval_s': time.perf_counter() - start}
+    engine.test_loader = {name: engine.test_loader[name]}
+    result = {'dataset': name}
+    for label, flip, rerank in EVALUATION_VARIANTS:
+        start = time.perf_counter()
+        engine.test(save_dir=run_dir, **dict(evaluation_kwargs(cfg), flip=flip, rerank=rerank))
+        line = read_metrics(run_dir, 'test')[-1]
+        suffix = '_' + label if label else ''
+        result.update({key + suffix: float(line[key])
+                       for key in ('rank1', 'rank5', 'rank10', 'mAP', 'mINP')})
+        result['eval_s' + suffix] = time.perf_counter() - start
+    return result
+
+
+def rerank_cost(num_query, num_gallery, dim, implementation, seed=0):
+    """Seconds and peak resident memory (MiB, this process) of one re-ranking of random
+    features; run it in a subprocess (:func:`call_in_subprocess`). Returns the distances too."""
+    from torchreid.reid.utils import re_ranking as host_re_ranking
+
+    from .rerank import HOST_DISTANCE, re_ranking
+
+    generator = torch.Generator().manual_seed(seed)
+    query = torch.randn(num_query, dim, generator=generator)
+    gallery = torch.randn(num_gallery, dim, generator=generator)
+    reset_peak_rss()
+    before = peak_rss_mib()
+    start = time.perf_counter()
+    if implementation == 'host':
+        distances = host_re_ranking(*(HOST_DISTANCE(a, b).numpy() for a, b in (
+            (query, gallery), (query, query), (gallery, gallery))))
+    else:
+        distances = re_ranking(query, gallery).numpy()
+    return {'s': time.perf_counter() - start, 'peak_mib': peak_rss_mib(),
+            'peak_above_start_mib': peak_rss_mib() - before, 'distances': distances}
+
+
+def bench_rerank(num_query, num_gallery, dim=2048, seed=0):
+    """The host's ``re_ranking`` and ours on the same random features, one process each."""
+    host = call_in_subprocess(rerank_cost, num_query, num_gallery, dim, 'host', seed)
+    ours = call_in_subprocess(rerank_cost, num_query, num_gallery, dim, 'ours', seed)
+    return {'num_query': num_query, 'num_gallery': num_gallery, 'dim': dim,
+            'max_abs_diff': float(np.abs(host.pop('distances') - ours.pop('distances')).max()),
+            'host': host, 'ours': ours}
+
+
+def markdown_rerank(result):
+    host, ours = result['host'], result['ours']
+    return '\n'.join([
+        '## rerank: k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3)',
+        '',
+        'Random {num_query} query x {num_gallery} gallery features of dimension {dim}, '
+        'each implementation in its own process; peak resident memory of that process. '
+        'Host: torchreid `re_ranking` on its three distance matrices; ours: '
+        '`plugins.rerank.re_ranking` from the features, in row chunks.'.format(**result),
+        '',
+        '| | time (s) | peak memory (MiB) |',
+        '|---|---:|---:|',
+        '| host | {:.1f} | {:.0f} |'.format(host['s'], host['peak_mib']),
+        '| ours | {:.1f} | {:.0f} |'.format(ours['s'], ours['peak_mib']),
+        '',
+        'Largest difference between the two re-ranked matrices: {:.2g}.'.format(
+            result['max_abs_diff']),
+    ])
+
+
+register_benchmark('rerank', lambda args, previous, save: bench_rerank(
+    args.num_query, args.num_gallery, seed=args.seed), markdown_rerank)
 
 
 MARKET_SIZE = (3368, 15913)
@@ -443,7 +496,7 @@ def bench_models(args, previous, save):
             save(result)
 
         train_for_budget(engine, cfg, args.epochs, run_dir, entry, on_epoch=progress)
-        entry.update(evaluate_engine(engine, cfg))
+        entry.update(evaluate_engine(engine, cfg, run_dir))
         del engine
         onnx_path = osp.join(run_dir, name + '.onnx') if args.onnx else None
         entry.update(measure_costs_in_subprocess(config_file, opts, args.root, onnx_path))
@@ -501,6 +554,14 @@ def markdown_models(result):
              '| ' + ' | '.join(c for c, _ in MODEL_COLUMNS) + ' |',
              '|' + '---|' * 2 + '---:|' * (len(MODEL_COLUMNS) - 2)]
     lines += [_model_row(name, run) for name, run in runs.items() if run['status'] != 'not run']
+    lines += ['', 'The same weights evaluated with `test.flip` (mean of each image\'s and its '
+              'mirror\'s feature) and `test.rerank` (k-reciprocal), Rank-1 / mAP (%):', '',
+              '| config | plain | flip | re-rank | flip + re-rank |', '|---|---:|---:|---:|---:|']
+    lines += ['| {} | {} |'.format(name, ' | '.join(
+        '{:.1f} / {:.1f}'.format(100 * run['rank1' + suffix], 100 * run['mAP' + suffix])
+        if 'rank1' + suffix in run else 'not run'
+        for suffix in ('_' + label if label else '' for label, _, _ in EVALUATION_VARIANTS)))
+        for name, run in runs.items() if run['status'] != 'not run']
     lines += ['', 'Not run:'] if any(run['status'] == 'not run' for run in runs.values()) else []
     lines += ['- {}: {}'.format(name, run['error']) for name, run in runs.items()
               if run['status'] == 'not run']

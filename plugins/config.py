@@ -122,7 +122,11 @@ def _upstream_defaults(cfg):
     cfg.test.evaluate = False  # test only
     cfg.test.eval_freq = -1  # evaluation frequency (-1 means to only test after training)
     cfg.test.start_eval = 0  # start to evaluate after a specific epoch
-    cfg.test.rerank = False  # use person re-ranking
+    cfg.test.rerank = False  # k-reciprocal re-ranking, in every evaluation of the run
+    cfg.test.rerank_k1 = 20  # k of the k-reciprocal sets (paper: 20)
+    cfg.test.rerank_k2 = 6  # neighbours of the local query expansion (paper: 6)
+    cfg.test.rerank_lambda = 0.3  # weight of the original distance (paper: 0.3)
+    cfg.test.rerank_chunk = 0  # rows computed at once (0: automatic, about 256 MB a chunk)
     cfg.test.flip = False  # retrieval feature: mean of the image's and its mirror's
     cfg.test.aqe = False  # alpha-weighted query expansion on query and gallery features
     cfg.test.aqe_k = 5  # neighbours (itself included) each feature is expanded with
@@ -369,6 +373,14 @@ def lr_scheduler_kwargs(cfg):
     }
 
 
+def evaluation_kwargs(cfg):
+    """How a retrieval feature and distance are computed: the ``test.*`` keys that the engine's
+    evaluation, the ranked-list tool and the benchmark honour alike."""
+    return {key: cfg.test[key] for key in (
+        'dist_metric', 'normalize_feature', 'flip', 'aqe', 'aqe_k', 'aqe_alpha', 'rerank',
+        'rerank_k1', 'rerank_k2', 'rerank_lambda', 'rerank_chunk')}
+
+
 def engine_run_kwargs(cfg):
     return {
         'save_dir': cfg.data.save_dir,
@@ -380,15 +392,9 @@ def engine_run_kwargs(cfg):
         'eval_freq': cfg.test.eval_freq,
         'test_only': cfg.test.evaluate,
         'print_freq': cfg.train.print_freq,
-        'dist_metric': cfg.test.dist_metric,
-        'normalize_feature': cfg.test.normalize_feature,
         'visrank': cfg.test.visrank,
         'visrank_topk': cfg.test.visrank_topk,
         'use_metric_cuhk03': cfg.cuhk03.use_metric_cuhk03,
         'ranks': cfg.test.ranks,
-        'rerank': cfg.test.rerank,
-        'flip': cfg.test.flip,
-        'aqe': cfg.test.aqe,
-        'aqe_k': cfg.test.aqe_k,
-        'aqe_alpha': cfg.test.aqe_alpha,
+        **evaluation_kwargs(cfg),
     }

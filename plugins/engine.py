@@ -121,6 +121,7 @@ class PluginEngine(Engine):
         self._kernels_reported = False  # train.deterministic: the first step's report is printed
         self.batch_idx = 0
         self.save_dir = 'log'
+        self.metrics_dir = ''  # run()'s save_dir: where metrics.jsonl goes
 
     def register_model(self, name='model', model=None, optim=None, sched=None):
         """The host's registration, on the engine's device, with rank 0's weights under
@@ -270,7 +271,7 @@ class PluginEngine(Engine):
         """The host's ``Engine.run`` (same arguments and schedule of tests and saves)."""
         if test_kwargs.get('visrank') and not test_only:
             raise ValueError('visrank can be set to True only if test_only=True')
-        self.save_dir = save_dir
+        self.save_dir = self.metrics_dir = save_dir
         if test_only:
             if distributed.is_main():
                 self.test(save_dir=save_dir, **test_kwargs)
@@ -299,37 +300,43 @@ class PluginEngine(Engine):
     @torch.no_grad()
     def test(self, dist_metric='euclidean', normalize_feature=False, visrank=False, visrank_topk=10,
              save_dir='', use_metric_cuhk03=False, ranks=(1, 5, 10, 20), rerank=False, flip=False,
-             aqe=False, aqe_k=5, aqe_alpha=3.0):
-        """The host's test on every target dataset, plus ``test.flip`` and ``test.aqe``, with
-        re-ranking in any run; each evaluation is appended to ``<save_dir>/metrics.jsonl``.
-        Returns the last target's Rank-1, as the host's does."""
-        self.set_model_mode('eval')
+             aqe=False, aqe_k=5, aqe_alpha=3.0, rerank_k1=20, rerank_k2=6, rerank_lambda=0.3,
+             rerank_chunk=0):
+        """The host's test on every target dataset, plus ``test.flip``, ``test.aqe`` and
+        re-ranking (chunked, on the engine's device) in any run. Each evaluation is appended
+        to ``<save_dir>/metrics.jsonl``. Returns the last target's Rank-1, as the host's does."""
         options = {'dist_metric': dist_metric, 'normalize_feature': normalize_feature,
-                   'rerank': rerank, 'flip': flip, 'aqe': aqe, 'aqe_k': aqe_k,
-                   'aqe_alpha': aqe_alpha, 'cuhk03_metric': use_metric_cuhk03}
+                   'flip': flip, 'aqe': aqe, 'aqe_k': aqe_k, 'aqe_alpha': aqe_alpha,
+                   'rerank': rerank, 'rerank_k1': rerank_k1, 'rerank_k2': rerank_k2,
+                   'rerank_lambda': rerank_lambda, 'rerank_chunk': rerank_chunk}
+        evaluation.check_options(ranks=list(ranks), **{
+            k: v for k, v in options.items() if k in evaluation.OPTION_CHECKS})
+        self.set_model_mode('eval')
+        save_dir = save_dir or self.metrics_dir
         rank1 = 0.0
         for name in self.test_loader:
             domain = 'source' if name in self.datamanager.sources else 'target'
             print('##### Evaluating {} ({}) #####'.format(name, domain))
-            loaders = self.test_loader[name]
-            query = self._eval_features(loaders['query'], flip)
-            gallery = self._eval_features(loaders['gallery'], flip)
-            distmat = evaluation.distances(query[0], gallery[0], **{
-                k: options[k] for k in ('dist_metric', 'normalize_feature', 'rerank', 'aqe',
-                                        'aqe_k', 'aqe_alpha')})
+            query = self._eval_features(self.test_loader[name]['query'], flip)
+            gallery = self._eval_features(self.test_loader[name]['gallery'], flip)
+            distmat = evaluation.distances(query[0], gallery[0], device=self.device, **{
+                k: v for k, v in options.items() if k != 'flip'})
             result = evaluation.rank_metrics(distmat, query, gallery, use_metric_cuhk03)
             print('** Results **\nmAP: {:.1%}'.format(result['mAP']) +
                   ('\nmINP: {:.1%}'.format(result['mINP']) if 'mINP' in result else '') +
                   '\nCMC curve' + ''.join('\nRank-{:<3}: {:.1%}'.format(r, result['cmc'][r - 1])
                                           for r in ranks))
-            rank1 = result['cmc'][0]
+            rank1 = float(result['cmc'][0])
             if self.writer is not None:
                 self.writer.add_scalar('Test/{}/rank1'.format(name), rank1, self.epoch)
                 self.writer.add_scalar('Test/{}/mAP'.format(name), result['mAP'], self.epoch)
-            evaluation.append_metrics(save_dir or self.save_dir, dict(
-                kind='test', epoch=self.epoch + 1, dataset=name, mAP=result['mAP'],
-                mINP=result.get('mINP'), options=options,
-                **{'rank{}'.format(r): float(result['cmc'][r - 1]) for r in ranks}))
+            if save_dir:
+                evaluation.append_metrics(save_dir, dict(
+                    kind='test', epoch=self.epoch + 1,
+                    iteration=(self.epoch + 1) * getattr(self, 'num_batches', 0), dataset=name,
+                    mAP=result['mAP'], mINP=result.get('mINP'),
+                    options=dict(options, cuhk03_metric=use_metric_cuhk03),
+                    **{'rank{}'.format(r): float(result['cmc'][r - 1]) for r in ranks}))
             if visrank:
                 visualize_ranked_results(
                     distmat, self.datamanager.fetch_test_loaders(name), self.datamanager.data_type,
@@ -446,10 +453,12 @@ class PluginEngine(Engine):
             datetime.timedelta(seconds=int(step_time * remaining)),
             '  '.join('{} {:.4f}'.format(k, v) for k, v in averages.items()),
             skipped, self.get_current_lr()), flush=True)
-        evaluation.append_metrics(self.save_dir, dict(
-            kind='train', epoch=self.epoch + 1, iteration=done, lr=self.get_current_lr(),
-            step_time=step_time, skipped_steps=self.skipped_steps,
-            **{k: float(v) for k, v in averages.items()}))
+        if self.metrics_dir:
+            evaluation.append_metrics(self.metrics_dir, dict(
+                kind='train', epoch=self.epoch + 1,
+                iteration=self.epoch * self.num_batches + done, lr=self.get_current_lr(),
+                step_time=step_time, skipped_steps=self.skipped_steps,
+                **{k: float(v) for k, v in averages.items()}))
         if self.writer is not None:
             n_iter = self.epoch * self.num_batches + done
             self.writer.add_scalar('Train/time', step_time, n_iter)

@@ -12,8 +12,9 @@ import time
 
 import numpy as np
 import torch
-from torchreid.reid.metrics import distance as host_distance
-from torchreid.reid.utils import re_ranking
+from torchreid.reid.utils import feature_extractor as host_extractor
+
+from . import rerank as rerank_module
 
 # Rows per chunk are chosen so one chunk holds about this many (query, gallery)
 # cells: a few 8-byte arrays of this size stay around 100 MB at Market scale.
@@ -21,8 +22,7 @@ _CHUNK_CELLS = 1 << 22
 _CUHK03_REPEATS = 10
 
 
-_HOST_DISTANCE = getattr(host_distance.compute_distance_matrix, 'host_function',
-                         host_distance.compute_distance_matrix)
+_HOST_DISTANCE = rerank_module.HOST_DISTANCE
 _DISTANCE_DEVICE = [None]
 
 
@@ -217,6 +217,27 @@ def flip_averaged(extract, images):
     return (extract(images) + extract(images.flip(-1))) / 2
 
 
+class FlipAveraged(torch.nn.Module):
+    """A feature model whose output is :func:`flip_averaged` over its input's mirror."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        return flip_averaged(self.model, images)
+
+
+class FeatureExtractor(host_extractor.FeatureExtractor):
+    """torchreid's ``FeatureExtractor`` (same arguments) with ``flip``: each feature is the mean
+    of the image's and its mirror's, as ``test.flip`` evaluates."""
+
+    def __init__(self, *args, flip=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        if flip:
+            self.model = FlipAveraged(self.model)
+
+
 def average_query_expansion(query, gallery, k=5, alpha=3.0, chunk_rows=4096):
     """``test.aqe``: alpha-weighted query expansion (Radenovic et al., TPAMI'19), on query and
     gallery features alike, as fast-reid applies it.
@@ -239,20 +260,47 @@ def average_query_expansion(query, gallery, k=5, alpha=3.0, chunk_rows=4096):
     return expanded[:len(query)], expanded[len(query):]
 
 
+# Each ``test.*`` option the evaluation reads: (accepted values in words, check).
+OPTION_CHECKS = {
+    'dist_metric': ("'euclidean' or 'cosine'", lambda v: v in ('euclidean', 'cosine')),
+    'ranks': ('a list of ranks from 1 to 50', lambda v: len(v) > 0 and all(
+        isinstance(r, int) and 1 <= r <= 50 for r in v)),
+    'aqe_k': ('an integer >= 1', lambda v: isinstance(v, int) and v >= 1),
+    'aqe_alpha': ('a number >= 0', lambda v: v >= 0),
+    'rerank_k1': ('an integer >= 1', lambda v: isinstance(v, int) and v >= 1),
+    'rerank_k2': ('an integer from 1 to test.rerank_k1 + 1', lambda v: isinstance(v, int) and v >= 1),
+    'rerank_lambda': ('a number from 0 to 1', lambda v: 0 <= v <= 1),
+    'rerank_chunk': ('an integer >= 0 (0: automatic)', lambda v: isinstance(v, int) and v >= 0),
+}
+
+
+def check_options(**options):
+    """Raise ``ValueError`` naming the ``test.*`` key and what it accepts for a bad value."""
+    for key, value in options.items():
+        accepted, check = OPTION_CHECKS[key]
+        if not check(value):
+            raise ValueError('test.{} {!r} is not accepted: use {}'.format(key, value, accepted))
+    if options.get('rerank_k2', 1) > options.get('rerank_k1', 20) + 1:
+        raise ValueError('test.rerank_k2 {} is not accepted: use an integer from 1 to '
+                         'test.rerank_k1 + 1 ({})'.format(options['rerank_k2'],
+                                                          options.get('rerank_k1', 20) + 1))
+
+
 def distances(query, gallery, dist_metric='euclidean', normalize_feature=False, rerank=False,
-              aqe=False, aqe_k=5, aqe_alpha=3.0):
+              rerank_k1=20, rerank_k2=6, rerank_lambda=0.3, rerank_chunk=0, aqe=False, aqe_k=5,
+              aqe_alpha=3.0, device='cpu'):
     """The query x gallery distance matrix (numpy) of the engine's evaluation: optional L2
     normalisation, query expansion (:func:`average_query_expansion`, on normalised
-    features), the metric, then k-reciprocal re-ranking (the host's ``re_ranking``)."""
+    features), the metric, then k-reciprocal re-ranking (:func:`plugins.rerank.re_ranking`,
+    equal to the host's, in chunks of ``rerank_chunk`` rows, 0 for automatic) on ``device``."""
     if normalize_feature:
         query, gallery = (torch.nn.functional.normalize(x, dim=1) for x in (query, gallery))
     if aqe:
         query, gallery = average_query_expansion(query, gallery, aqe_k, aqe_alpha)
-    distmat = compute_distance_matrix(query, gallery, dist_metric).numpy()
     if rerank:
-        distmat = re_ranking(distmat, compute_distance_matrix(query, query, dist_metric).numpy(),
-                             compute_distance_matrix(gallery, gallery, dist_metric).numpy())
-    return distmat
+        return rerank_module.re_ranking(query, gallery, dist_metric, rerank_k1, rerank_k2,
+                                        rerank_lambda, device, rerank_chunk or None).numpy()
+    return compute_distance_matrix(query, gallery, dist_metric).numpy()
 
 
 def rank_metrics(distmat, query, gallery, use_metric_cuhk03=False):
@@ -270,3 +318,10 @@ def append_metrics(save_dir, record):
     os.makedirs(save_dir, exist_ok=True)
     with open(os.path.join(save_dir, 'metrics.jsonl'), 'a') as f:
         f.write(json.dumps({'time': time.time(), **record}) + '\n')
+
+
+def read_metrics(save_dir, kind=None):
+    """The records of ``<save_dir>/metrics.jsonl`` (those of ``kind`` 'train' or 'test')."""
+    with open(os.path.join(save_dir, 'metrics.jsonl')) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return [r for r in records if kind is None or r['kind'] == kind]

@@ -39,6 +39,8 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
+from .evaluation import flip_averaged
+
 INPUT_NAME = 'images'
 OUTPUT_NAME = 'features'
 FP32_RTOL = 1e-4
@@ -456,9 +458,10 @@ class OnnxFeatureExtractor:
         path: an ``.onnx`` file written by :func:`export_onnx`.
         providers: onnxruntime execution providers (default CPU).
         batch_size: run at most this many images per onnxruntime call (None: all at once).
+        flip: each feature is the mean of the image's and its mirror's (``test.flip``).
     """
 
-    def __init__(self, path, providers=None, batch_size=None):
+    def __init__(self, path, providers=None, batch_size=None, flip=False):
         import torchvision.transforms as T
 
         if not osp.isfile(path):
@@ -474,6 +477,7 @@ class OnnxFeatureExtractor:
         self.image_size = (self.metadata['height'], self.metadata['width'])
         self.input_name = self.session.get_inputs()[0].name
         self.batch_size = batch_size
+        self.flip = flip
         self.preprocess = T.Compose([
             T.Resize(self.image_size), T.ToTensor(),
             T.Normalize(mean=self.metadata['norm_mean'], std=self.metadata['norm_std'])])
@@ -502,7 +506,13 @@ class OnnxFeatureExtractor:
             images = input.unsqueeze(0) if input.dim() == 3 else input
         else:
             raise NotImplementedError('Unsupported input type {}'.format(type(input).__name__))
-        images = np.ascontiguousarray(images.detach().cpu().float().numpy())
+        images = images.detach().cpu().float()
+        if self.flip:
+            return flip_averaged(self._run, images)
+        return self._run(images)
+
+    def _run(self, images):
+        images = np.ascontiguousarray(images.numpy())
         step = self.batch_size or len(images)
         outputs = [self.session.run(None, {self.input_name: images[i:i + step]})[0]
                    for i in range(0, len(images), step)]

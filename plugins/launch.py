@@ -16,7 +16,7 @@ from torchreid.reid.utils import (compute_model_complexity, load_pretrained_weig
                                   set_random_seed)
 
 from . import config as C
-from . import distributed, samplers
+from . import distributed, evaluation, samplers
 from .checkpoint import load_weights_strict
 from .datasets import synthreid
 from .engine import build_engine
@@ -48,6 +48,8 @@ def setup_config(config_file='', opts=(), root='', sources=None, targets=None, t
 
 
 def check_config(cfg):
+    evaluation.check_options(**{k: v for k, v in C.engine_run_kwargs(cfg).items()
+                                if k in evaluation.OPTION_CHECKS})
     if cfg.loss.name == 'triplet' and cfg.loss.triplet.weight_x == 0 and cfg.train.fixbase_epoch:
         raise ValueError('train.fixbase_epoch needs loss.triplet.weight_x > 0: with weight_x 0 the '
                          'classifier is not in the computational graph')

@@ -5,7 +5,7 @@ import os
 import pytest
 from PIL import Image
 
-from plugins import benchmarking
+from plugins import benchmarking, evaluation
 from plugins.benchmarking import interleaved_times, latest_checkpoint, median_time, train_for_budget
 from plugins.launch import build_run, setup_config
 from tests.conftest import REPO, TINY_SYNTHREID, load_tool
@@ -33,8 +33,16 @@ def test_models_section_writes_every_figure_and_resumes(tmp_path, capsys):
             assert isinstance(run[key], (int, float)) and run[key] >= 0, key
         assert 0 <= run['rank1'] <= run['rank5'] <= 1 and run['params'] > 1e6
         assert run['train_step_mem_mib'] > 0
+        # the same weights with flip and re-ranking, read back from the run's metrics.jsonl
+        lines = evaluation.read_metrics(run_dir(tmp_path, run), 'test')
+        assert [(line['options']['flip'], line['options']['rerank']) for line in lines] == [
+            (flip, rerank) for _, flip, rerank in benchmarking.EVALUATION_VARIANTS]
+        for line, (label, _, _) in zip(lines, benchmarking.EVALUATION_VARIANTS):
+            suffix = '_' + label if label else ''
+            assert run['rank1' + suffix] == line['rank1'] and run['mAP' + suffix] == line['mAP']
     markdown = (tmp_path / 'out' / 'benchmark.md').read_text()
     assert '| config | model | Rank-1 (%)' in markdown and 'resnet50_triplet_synthreid' in markdown
+    assert '| config | plain | flip | re-rank | flip + re-rank |' in markdown
     with Image.open(tmp_path / 'out' / 'benchmark.png') as image:
         assert image.format == 'PNG' and image.size[0] > 400
 
@@ -43,6 +51,18 @@ def test_models_section_writes_every_figure_and_resumes(tmp_path, capsys):
     assert capsys.readouterr().out.count('done in an earlier run') == 2
     again = json.loads((tmp_path / 'out' / 'benchmark.json').read_text())['sections']['models']
     assert again['runs'] == runs
+
+
+def run_dir(tmp_path, run):
+    return str(tmp_path / 'out' / 'runs' / os.path.splitext(os.path.basename(run['config']))[0])
+
+
+def test_rerank_section_runs_both_implementations_apart_and_agrees():
+    result = benchmarking.bench_rerank(20, 60, dim=16)
+    assert result['max_abs_diff'] < 1e-5
+    for side in ('host', 'ours'):
+        assert result[side]['s'] > 0 and result[side]['peak_mib'] > 0
+    assert '| ours |' in benchmarking.markdown_rerank(result)
 
 
 def test_training_budget_resumes_from_the_latest_checkpoint(tmp_path):

@@ -26,7 +26,6 @@ import warnings
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
@@ -34,6 +33,8 @@ if REPO_ROOT not in sys.path:
 
 warnings.filterwarnings('ignore', message='Cython evaluation')  # the host's notice on import
 import plugins  # noqa: E402  (registers synthreid and the projects)
+from plugins import config as C  # noqa: E402
+from plugins import evaluation  # noqa: E402
 from plugins import visualization as V  # noqa: E402
 from plugins.launch import build_trained_model, setup_config  # noqa: E402
 
@@ -113,46 +114,43 @@ def device_of(model):
 
 @torch.no_grad()
 def extract_features(model, loader, cfg):
-    """Eval-mode features of a test loader (video tracklets pooled as torchreid does)."""
+    """Eval-mode features of a test loader (video tracklets pooled as torchreid does; with
+    ``test.flip`` the mean of each image's and its mirror's, as the evaluation computes)."""
     model.eval()
     device, feats = device_of(model), []
-    for batch in loader:
-        imgs = batch['img'].to(device)
+
+    def features(imgs):
         if imgs.dim() == 5:  # video: (b, s, c, h, w)
             b, s = imgs.shape[:2]
             f = V._first_tensor(model(imgs.flatten(0, 1))).view(b, s, -1)
-            f = f.mean(1) if cfg.video.pooling_method == 'avg' else f.max(1)[0]
-        else:
-            f = V._first_tensor(model(imgs))
-        feats.append(f.flatten(1).float().cpu())
+            return f.mean(1) if cfg.video.pooling_method == 'avg' else f.max(1)[0]
+        return V._first_tensor(model(imgs)).flatten(1)
+    for batch in loader:
+        imgs = batch['img'].to(device)
+        f = evaluation.flip_averaged(features, imgs) if cfg.test.flip else features(imgs)
+        feats.append(f.float().cpu())
     return torch.cat(feats, 0)
 
 
 def run_ranked(args):
-    from torchreid.reid.metrics import compute_distance_matrix
-
     if args.topk < 1:
         raise UserError('--topk must be at least 1')
     cfg, model, dm = load(args)
-    if cfg.test.dist_metric not in ('euclidean', 'cosine'):
-        raise UserError('test.dist_metric must be "euclidean" or "cosine", got {!r}'.format(
-            cfg.test.dist_metric))
     target = cfg.data.targets[0]
     query, gallery = dm.fetch_test_loaders(target)
     print('Extracting features of {} ({} query, {} gallery images) ...'.format(
         target, len(query), len(gallery)))
     qf = extract_features(model, dm.test_loader[target]['query'], cfg)
     gf = extract_features(model, dm.test_loader[target]['gallery'], cfg)
-    if cfg.test.normalize_feature:
-        qf, gf = F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1)
-    distmat = compute_distance_matrix(qf, gf, cfg.test.dist_metric).numpy()
+    options = C.evaluation_kwargs(cfg)
+    del options['flip']  # in the features already
+    distmat = evaluation.distances(qf, gf, device=device_of(model), **options)
     cmc, mAP = plugins.evaluate_rank(distmat, np.asarray([q[1] for q in query]),
                                      np.asarray([g[1] for g in gallery]),
                                      np.asarray([q[2] for q in query]),
                                      np.asarray([g[2] for g in gallery]))
-    print('{} ({} distance{}): Rank-1 {:.1%}, mAP {:.1%}'.format(
-        target, cfg.test.dist_metric, ', normalised features' if cfg.test.normalize_feature else '',
-        cmc[0], mAP))
+    print('{} ({}): Rank-1 {:.1%}, mAP {:.1%}'.format(target, ', '.join(
+        '{} {}'.format(k, v) for k, v in C.evaluation_kwargs(cfg).items()), cmc[0], mAP))
     out_dir = args.output or osp.join(cfg.data.save_dir, 'visrank_' + target)
     written = V.save_ranked_results(distmat, query, gallery, out_dir, topk=args.topk,
                                     max_queries=args.num_queries or None,

@@ -277,13 +277,33 @@ def test_each_evaluation_appends_a_json_line_matching_what_it_prints(tmp_path, c
     engine = tiny_synthreid_run(config, tmp_path, 'model.name', 'resnet18')
     plain = engine.test(save_dir=str(tmp_path))
     expanded = engine.test(save_dir=str(tmp_path), flip=True, aqe=True, aqe_k=3, rerank=True)
-    lines = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+    lines = evaluation.read_metrics(str(tmp_path))
     assert [line['rank1'] for line in lines] == [plain, expanded]
-    assert lines[1]['options'] == {'dist_metric': 'euclidean', 'normalize_feature': False,
-                                   'rerank': True, 'flip': True, 'aqe': True, 'aqe_k': 3,
-                                   'aqe_alpha': 3.0, 'cuhk03_metric': False}
+    assert lines[1]['options'] == {
+        'dist_metric': 'euclidean', 'normalize_feature': False, 'flip': True, 'aqe': True,
+        'aqe_k': 3, 'aqe_alpha': 3.0, 'rerank': True, 'rerank_k1': 20, 'rerank_k2': 6,
+        'rerank_lambda': 0.3, 'rerank_chunk': 0, 'cuhk03_metric': False}
     printed = capsys.readouterr().out
     for line in lines:
-        assert line['dataset'] == 'synthreid'
+        assert line['kind'] == 'test' and line['dataset'] == 'synthreid'
         assert 'mAP: {:.1%}'.format(line['mAP']) in printed
+        assert 'mINP: {:.1%}'.format(line['mINP']) in printed
         assert 'Rank-5  : {:.1%}'.format(line['rank5']) in printed
+
+
+def test_a_training_run_logs_its_losses_and_every_evaluation(tmp_path, capsys):
+    """Training lines at print_freq and one line per periodic and final evaluation, with
+    re-ranking in both (the host re-ranks in test-only runs alone)."""
+    from tests.conftest import REPO, tiny_synthreid_run
+    config = os.path.join(REPO, 'configs', 'baselines', 'resnet50_synthreid.yaml')
+    engine = tiny_synthreid_run(config, tmp_path, 'model.name', 'resnet18')
+    save_dir = str(tmp_path / 'run')
+    engine.run(save_dir=save_dir, max_epoch=2, eval_freq=1, print_freq=1, rerank=True)
+    train, test = (evaluation.read_metrics(save_dir, kind) for kind in ('train', 'test'))
+    assert [line['epoch'] for line in test] == [1, 2]
+    assert all(line['options']['rerank'] for line in test)
+    assert len(train) == 2 * engine.num_batches
+    assert [line['iteration'] for line in train] == list(range(1, 2 * engine.num_batches + 1))
+    printed = capsys.readouterr().out
+    for line in train:
+        assert 'loss_x {:.4f}'.format(line['loss_x']) in printed

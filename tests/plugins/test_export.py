@@ -18,6 +18,7 @@ from PIL import Image
 from torchreid.reid.utils import FeatureExtractor
 
 import plugins
+from plugins import evaluation
 from plugins.checkpoint import save_checkpoint
 from plugins.export import (FP16_RTOL, FP32_RTOL, ExportError, ExportParityError,
                             OnnxFeatureExtractor, check_parity, export_onnx, read_metadata,
@@ -217,6 +218,14 @@ def test_metadata_and_feature_extractor_match_torchreid(tmp_path):
     close(ours(arrays), theirs(arrays))
     close(ours(files[1]), theirs(files[1]))
     close(ours(arrays[2]), theirs(arrays[2]))
+    # test.flip: the mean of two explicit passes, the second on the mirrored images
+    images = batch(3, seed=7)
+    mirrored = (theirs(images) + theirs(images.flip(-1))) / 2
+    close(OnnxFeatureExtractor(path, flip=True)(images), mirrored)
+    flipping = evaluation.FeatureExtractor(model_name='resnet18', model_path=ckpt, image_size=(H, W),
+                                           pixel_mean=mean, pixel_std=std, device='cpu',
+                                           verbose=False, flip=True)
+    assert torch.allclose(flipping(images), mirrored, atol=1e-6)
     images = batch(4, seed=5)
     close(ours(images), theirs(images))
     close(ours(images[0]), theirs(images[0]))

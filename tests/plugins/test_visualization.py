@@ -419,6 +419,12 @@ def run_cli(tmp_path, config, root, opts):
     assert 'Rank-1' in out and 'Wrote 4 ranked lists' in out
     files = pngs(tmp_path / 'ranked')
     assert len(files) == 4
+    # the ranked lists honour the evaluation's options, as the engine's test does
+    code, out = visualize('ranked', *common, '--topk', '5', '--num-queries', '2', '--output',
+                          str(tmp_path / 'ranked_flip'), *opts, 'test.flip', 'True', 'test.rerank',
+                          'True', cwd=tmp_path)
+    assert code == 0, out
+    assert 'flip True' in out and 'rerank True' in out and 'Wrote 2 ranked lists' in out
 
     code, out = visualize('attention', *common, '--num-images', '3', *opts, cwd=tmp_path)
     assert code == 0, out
@@ -446,7 +452,8 @@ def run_cli(tmp_path, config, root, opts):
         ('attention', ['--images', str(tmp_path / 'missing.jpg'), '--', *opts], 'missing.jpg'),
         ('attention', ['--images', weights, '--', *opts], 'Cannot read image file "{}"'.format(weights)),
         ('attention', ['--images', str(image), *opts], 'must follow "--"'),
-        ('ranked', ['test.dist_metric', 'manhattan', *opts], 'test.dist_metric must be'),
+        ('ranked', ['test.dist_metric', 'manhattan', *opts],
+         "test.dist_metric 'manhattan' is not accepted: use 'euclidean' or 'cosine'"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             cli.main([command, *common, *args])
