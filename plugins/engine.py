@@ -351,7 +351,8 @@ class PluginEngine(Engine):
         for data in loader:
             images, pid, camid = self.parse_data_for_eval(data)
             images = images.to(self.device, non_blocking=True)
-            f = (evaluation.flip_averaged(self.extract_features, images) if flip
+            f = (evaluation.flip_averaged(self.extract_features, images,
+                                          evaluation.flip_merge_of(self.model)) if flip
                  else self.extract_features(images))
             features.append(f.float().cpu())
             pids.append(torch.as_tensor(pid))

@@ -210,11 +210,23 @@ def _stack_truncated(curves):
     return np.asarray([c[:length] for c in curves], dtype=np.float32)
 
 
-def flip_averaged(extract, images):
-    """``test.flip``: the mean of the features of ``images`` and of their horizontal mirrors
-    (``extract(images)`` -> (N, D)). The mean, not the sum, keeps Euclidean distances on the
-    scale of single-pass features; after L2 normalisation the two rank alike."""
-    return (extract(images) + extract(images.flip(-1))) / 2
+def flip_averaged(extract, images, merge=None):
+    """``test.flip``: the retrieval feature of ``images`` from their own and their horizontal
+    mirrors' features (``extract(images)`` -> (N, D)).
+
+    By default the mean: it keeps Euclidean distances on the scale of single-pass features
+    (after L2 normalisation the mean and the sum rank alike). A model whose method defines
+    another combination gives it as ``merge(features, mirrored)``: see :func:`flip_merge_of`.
+    """
+    features, mirrored = extract(images), extract(images.flip(-1))
+    return merge(features, mirrored) if merge is not None else (features + mirrored) / 2
+
+
+def flip_merge_of(model):
+    """The model's ``merge_flipped_features(features, mirrored)``, if it defines one (DG-Net
+    re-normalises each half of its feature, as its official evaluation does), else None."""
+    model = getattr(model, 'module', model)  # DistributedDataParallel
+    return getattr(model, 'merge_flipped_features', None)
 
 
 class FlipAveraged(torch.nn.Module):
@@ -225,7 +237,7 @@ class FlipAveraged(torch.nn.Module):
         self.model = model
 
     def forward(self, images):
-        return flip_averaged(self.model, images)
+        return flip_averaged(self.model, images, flip_merge_of(self.model))
 
 
 class FeatureExtractor(host_extractor.FeatureExtractor):

@@ -96,3 +96,28 @@ def test_gpu_evaluation_equals_the_cpu():
     cmc_gpu, map_gpu = evaluate_rank(gpu, *args)[:2]
     assert map_cpu == pytest.approx(map_gpu, abs=1e-4)
     assert cmc_cpu[:5] == pytest.approx(cmc_gpu[:5], abs=1e-4)
+
+
+def test_gpu_re_ranking_equals_the_host_and_fits_at_market_scale():
+    """Chunked re-ranking on the GPU gives the host's distances; at Market-1501 scale its
+    peak device memory stays within a few GB (printed for the README)."""
+    import time
+
+    from plugins.rerank import HOST_DISTANCE, re_ranking
+    from torchreid.reid.utils import re_ranking as host_re_ranking
+    g = torch.Generator().manual_seed(0)
+    q, gal = torch.randn(30, 16, generator=g), torch.randn(90, 16, generator=g)
+    expected = host_re_ranking(*(HOST_DISTANCE(a, b).numpy() for a, b in ((q, gal), (q, q), (gal, gal))))
+    ours = re_ranking(q, gal, device='cuda').numpy()
+    assert abs(ours - expected).max() < 1e-5
+    q, gal = torch.randn(3368, 2048, generator=g), torch.randn(15913, 2048, generator=g)
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    re_ranking(q, gal, device='cuda')
+    seconds, peak = time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2 ** 30
+    figure = 'GPU re-ranking at Market-1501 scale on {}: {:.1f} s, peak {:.2f} GiB\n'.format(
+        torch.cuda.get_device_name(), seconds, peak)
+    if os.environ.get('GPU_CHECK_OUT'):  # tools/gpu_check.sh keeps the figures
+        with open(os.path.join(os.environ['GPU_CHECK_OUT'], 'figures.txt'), 'a') as f:
+            f.write(figure)
+    assert peak < 4, figure

@@ -25,7 +25,7 @@ wheels=()
 export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 "$python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' | tee -a "$out/gpu.txt"
-timeout 300 "$python" -m pytest -m cuda tests -q -rs --durations=10 -p no:cacheprovider 2>&1 \
+GPU_CHECK_OUT="$out" timeout 300 "$python" -m pytest -m cuda tests -q -rs --durations=10 -p no:cacheprovider 2>&1 \
     | tee "$out/cuda_tests.log"
 status=${PIPESTATUS[0]}
 timeout 200 "$python" tools/benchmark.py --sections dgnet engine rga apinet scal models --quick \

@@ -127,7 +127,8 @@ def extract_features(model, loader, cfg):
         return V._first_tensor(model(imgs)).flatten(1)
     for batch in loader:
         imgs = batch['img'].to(device)
-        f = evaluation.flip_averaged(features, imgs) if cfg.test.flip else features(imgs)
+        f = (evaluation.flip_averaged(features, imgs, evaluation.flip_merge_of(model))
+             if cfg.test.flip else features(imgs))
         feats.append(f.float().cpu())
     return torch.cat(feats, 0)
 

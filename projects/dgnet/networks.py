@@ -144,8 +144,8 @@ class AppearanceEncoder(nn.Module):
     (``reid_eval/evaluate_gpu.py`` multiplies the query's fine half by 0.5). Here
     the dot product of two features is ``p_q.p_g + fine_weight f_q.f_g``, and every
     feature has the norm ``sqrt(1 + fine_weight)``, so torchreid's Euclidean or
-    cosine ranking is the official ranking. The official flip averaging (and the
-    re-normalisation of each half after it) is the evaluator's job.
+    cosine ranking is the official ranking. The official flip (``test.flip``, on in
+    the paper configs) is :meth:`merge_flipped_features`.
 
     Args:
         num_classes (int): training identities.
@@ -187,6 +187,13 @@ class AppearanceEncoder(nn.Module):
         pooled = F.adaptive_max_pool2d(self.trunk(images), 1).flatten(1)
         return torch.cat([F.normalize(self.primary.embedding(pooled), dim=1),
                           self.fine_scale * F.normalize(self.fine.embedding(pooled), dim=1)], dim=1)
+
+    def merge_flipped_features(self, features, mirrored):
+        """``test.flip`` as the official evaluation computes it: each half (primary, fine) of
+        the image's and its mirror's features summed, then normalised again."""
+        primary, fine = (features + mirrored).split(self.primary.embedding[1].num_features, dim=1)
+        return torch.cat([F.normalize(primary, dim=1),
+                          self.fine_scale * F.normalize(fine, dim=1)], dim=1)
 
     def forward(self, images):
         if self.training:

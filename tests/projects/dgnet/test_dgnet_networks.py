@@ -1,5 +1,7 @@
 """DG-Net networks: parameter counts equal the official ones, shapes, detached appearance
 code, AdaIN parameter routing, retrieval feature, discriminator losses and R1 penalty."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -290,3 +292,26 @@ def test_retrieval_ranking_is_the_official_score():
     distance = compute_distance_matrix(features[:4], features[4:], 'euclidean')  # squared
     torch.testing.assert_close(distance, 3.0 - 2 * score, atol=1e-5, rtol=1e-5)
     assert torch.equal(distance.argsort(1), (-score).argsort(1))
+
+
+def test_flip_merges_as_the_official_test_does():
+    """Official ``test_2label.py``: per pass, each half normalised; the two passes summed;
+    each half normalised again. Ours through the engine's flip path and the config."""
+    from plugins import evaluation
+    from plugins.launch import setup_config
+    torch.manual_seed(0)
+    model = AppearanceEncoder(6).eval()
+    images = torch.randn(5, 3, 64, 32)
+    with torch.no_grad():
+        ours = evaluation.flip_averaged(model, images, evaluation.flip_merge_of(model))
+        halves = []
+        for view in (images, images.flip(3)):
+            pooled = F.adaptive_max_pool2d(model.trunk(view), 1).flatten(1)
+            halves.append((F.normalize(model.primary.embedding(pooled), dim=1),
+                           F.normalize(model.fine.embedding(pooled), dim=1)))
+    p = F.normalize(halves[0][0] + halves[1][0], dim=1)
+    f = F.normalize(halves[0][1] + halves[1][1], dim=1)
+    torch.testing.assert_close(ours, torch.cat([p, 0.5 ** 0.5 * f], dim=1))
+    from tests.conftest import REPO
+    assert setup_config(os.path.join(REPO, 'configs', 'dgnet', 'dgnet_resnet50_market1501.yaml'),
+                        []).test.flip
