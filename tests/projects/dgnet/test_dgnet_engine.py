@@ -125,7 +125,7 @@ def test_the_teacher_is_frozen_flip_averaged_and_never_saved(tmp_path, teacher_w
     engine.run(save_dir=str(tmp_path / 'log'), max_epoch=1, print_freq=100)
     assert not changed(before, teacher)
     saved = {f for f in os.listdir(tmp_path / 'log') if not f.startswith('events')}
-    assert saved == {'discriminator', 'generator', 'model'}
+    assert saved == {'discriminator', 'generator', 'model', 'metrics.jsonl'}
     # soft labels: the mean of the probabilities on the images and on their mirror images
     images = torch.randn(4, 3, 80, 40)
     target = teacher_hook.target_probabilities(images)
