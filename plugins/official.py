@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import os
 import sys
+import time
 from collections import namedtuple
 
 import numpy as np
@@ -22,19 +23,21 @@ import torch.nn as nn
 from .registry import Registry
 
 OFFICIAL_CHECKS = Registry('official check')
-OfficialCheck = namedtuple('OfficialCheck', ['repository', 'markers', 'run'])
+OfficialCheck = namedtuple('OfficialCheck', ['repository', 'markers', 'run', 'time'],
+                           defaults=(None,))
 OfficialCheck.__doc__ = """``repository``: the official repository (owner/name); ``markers``:
 paths, relative to a clone's root, that identify a clone of it; ``run(code, args) ->
 report``: the check itself, given the imported :class:`OfficialCode` and the tool's
-parsed arguments, returning a :class:`Report`."""
+parsed arguments, returning a :class:`Report`; ``time(code, args) -> report`` (optional):
+the official and our training iteration timed side by side (``--time``)."""
 
 Row = namedtuple('Row', ['what', 'max_abs_diff', 'max_abs_value'])
 Row.__doc__ = """One compared quantity: the largest absolute difference between ours and the
 official value, and the largest absolute official value (the scale of the difference)."""
 
 
-def register_official_check(name, repository, markers, run):
-    return OFFICIAL_CHECKS.register(name, OfficialCheck(repository, tuple(markers), run))
+def register_official_check(name, repository, markers, run, time=None):
+    return OFFICIAL_CHECKS.register(name, OfficialCheck(repository, tuple(markers), run, time))
 
 
 class Report:
@@ -42,7 +45,11 @@ class Report:
 
     def __init__(self):
         self.tables = []  # (title, [Row])
+        self.timings = []  # (title, [TimingRow])
         self.notes = []
+
+    def timing(self, title, rows):
+        self.timings.append((title, list(rows)))
 
     def table(self, title, rows):
         self.tables.append((title, list(rows)))
@@ -54,12 +61,73 @@ class Report:
                       '|---|---:|---:|']
             lines += ['| {} | {:.2e} | {:.3g} |'.format(*row) for row in rows]
             lines.append('')
+        for title, rows in self.timings:
+            lines += ['**{}**'.format(title), '', '| | official (s) | ours (s) | ours / official '
+                      '| official peak (MiB) | ours peak (MiB) |', '|---|---:|---:|---:|---:|---:|']
+            lines += ['| {} | {:.3f} | {:.3f} | {:.2f} | {:.0f} | {:.0f} |'.format(*row)
+                      for row in rows]
+            lines.append('')
         return '\n'.join(lines + self.notes)
 
     def worst(self):
         """The largest relative difference over all rows (difference / max(value, 1))."""
         return max((row.max_abs_diff / max(row.max_abs_value, 1.0)
                     for _, rows in self.tables for row in rows), default=0.0)
+
+
+TimingRow = namedtuple('TimingRow', ['what', 'official_s', 'ours_s', 'ratio', 'official_peak_mib',
+                                     'ours_peak_mib'])
+TimingRow.__doc__ = """Median seconds of each side, the median over rounds of ours / official,
+and each side's largest peak memory over the rounds (above what was allocated before)."""
+
+
+def time_side_by_side(what, official, ours, rounds, device):
+    """A :class:`TimingRow`: ``official()`` and ``ours()`` run once untimed, then in
+    ``rounds`` alternating rounds (the order flips every round, so a slow spell of a shared
+    machine hits both alike). Memory: the peak of the tensor memory a call allocates above
+    what was allocated before it (CUDA's allocator statistics over the rounds on a GPU; on a
+    CPU one more call of each under the profiler's memory accounting)."""
+    cuda = torch.device(device).type == 'cuda'
+
+    def measured(fn):
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20 if cuda else None
+        return time.perf_counter() - start, peak
+
+    official(), ours()
+    results = {'official': [], 'ours': []}
+    sides = [('official', official), ('ours', ours)]
+    for r in range(rounds):
+        for name, fn in sides if r % 2 == 0 else sides[::-1]:
+            results[name].append(measured(fn))
+    times = {name: [s for s, _ in values] for name, values in results.items()}
+    peaks = ({name: max(p for _, p in values) for name, values in results.items()} if cuda
+             else {name: peak_cpu_tensor_mib(fn) for name, fn in sides})
+    return TimingRow(what, float(np.median(times['official'])), float(np.median(times['ours'])),
+                     float(np.median([o / t for o, t in zip(times['ours'], times['official'])])),
+                     peaks['official'], peaks['ours'])
+
+
+def peak_cpu_tensor_mib(fn):
+    """The most CPU tensor memory (MiB) that ``fn()`` holds at once above what was allocated
+    before it, from the profiler's allocation records (the CPU's ``max_memory_allocated``)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        # an operator's own allocations less its frees; '[memory]' records belong to no operator
+        live += event.cpu_memory_usage if event.name == '[memory]' else event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak / 2 ** 20
 
 
 def compare(what, ours, official):
@@ -139,9 +207,9 @@ class OfficialCode:
 
 
 @contextlib.contextmanager
-def official_code(root):
+def official_code(root, device='cpu'):
     """:class:`OfficialCode` for the clone at ``root``, with the patches every official
-    code base here needs on a CPU offline: ``.cuda()`` is a no-op, torchvision's
+    code base here needs offline: on a CPU ``device``, ``.cuda()`` is a no-op; torchvision's
     constructors never download ImageNet weights (the check maps weights anyway), and
     NumPy 2's removed aliases ``np.float``/``np.int``/``np.bool`` exist. Afterwards the
     patches are undone and the clone's modules are forgotten (their names, such as
@@ -151,8 +219,10 @@ def official_code(root):
     sys.path.insert(0, root)
     try:
         with code._stack:
-            code.patch(torch.Tensor, 'cuda', lambda self, *a, **k: self, 'no-op: the check runs on a CPU')
-            code.patch(nn.Module, 'cuda', lambda self, *a, **k: self, 'no-op: the check runs on a CPU')
+            if torch.device(device).type == 'cpu':
+                for owner in (torch.Tensor, nn.Module):
+                    code.patch(owner, 'cuda', lambda self, *a, **k: self,
+                               'no-op: the check runs on a CPU')
             for alias, value in (('float', float), ('int', int), ('bool', bool)):
                 if not hasattr(np, alias):
                     code.patch(np, alias, value, 'alias removed in NumPy 2')

@@ -34,4 +34,4 @@ register_benchmark('dgnet', benchmark.run, benchmark.markdown)
 # files that identify a clone; official.run imports the official code from it, never at import time
 register_official_check('dgnet', 'NVlabs/DG-Net', ['trainer.py', 'networks.py', 'reIDmodel.py',
                                                    'random_erasing.py', 'configs/latest.yaml'],
-                        official.run)
+                        official.run, time=official.time_iterations)

@@ -49,12 +49,13 @@ import random
 import re
 import tempfile
 import warnings
+from collections import namedtuple
 
 import torch
 import torch.nn as nn
 
 from plugins import AdversarialStepHook, TeacherDistillationHook
-from plugins.official import Report, compare, copy_parameters
+from plugins.official import Report, compare, copy_parameters, time_side_by_side
 
 from . import engine as dgnet_engine
 
@@ -64,6 +65,9 @@ HEIGHT, WIDTH = 256, 128  # the official input size (E_a doubles images of 128 p
 # about a thousandfold: the E_s and G gradients through recon_id then agree to about 1e-9
 # relative (1e-11 with 3 or 4 images), still far below the tool's tolerance.
 PAIRS = 2
+CHECKED_ITERATIONS = (0, 30001, 30002, 40000)
+TIMED_ITERATIONS = (0, 40000)
+TIMED_BATCHES = (2, 8)  # a CPU size and the official batch (configs/latest.yaml batch_size 8)
 NUM_CLASSES = 751  # the official ID_class (Market-1501)
 SEED = 0  # our train.seed: its encoder-again coins at 30002 and 40000 take both branches
 OUR_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -196,8 +200,9 @@ def _random_teacher(folder):
         return save_checkpoint({'state_dict': teacher.state_dict()}, folder, name='model.pth.tar-1')
 
 
-def build_ours(teacher_weights):
-    """Our ``dgnet`` engine with the official recipe (``_base_dgnet.yaml``) on the CPU."""
+def build_ours(teacher_weights, dtype=torch.float64, pairs=PAIRS, device='cpu'):
+    """Our ``dgnet`` engine with the official recipe (``_base_dgnet.yaml``): E_a in ``dtype``
+    (set before its optimiser makes momentum buffers), ``pairs`` per half-batch, on ``device``."""
     from torchreid.reid import optim as host_optim
 
     from plugins import config as C
@@ -205,11 +210,11 @@ def build_ours(teacher_weights):
     from plugins.launch import build_model_from_config, setup_config
     from plugins.schedulers import build_lr_scheduler
     cfg = setup_config(OUR_CONFIG, ['model.pretrained', 'False', 'teacher.weights', teacher_weights,
-                                    'train.seed', str(SEED), 'train.batch_size', str(4 * PAIRS),
+                                    'train.seed', str(SEED), 'train.batch_size', str(4 * pairs),
                                     'data.height', str(HEIGHT), 'data.width', str(WIDTH)])
-    cfg.use_gpu = False
+    cfg.use_gpu = torch.device(device).type == 'cuda'
     torch.manual_seed(0)
-    model = build_model_from_config(cfg, NUM_CLASSES).double()  # before SGD makes its momentum buffers
+    model = build_model_from_config(cfg, NUM_CLASSES).to(device, dtype)
     optimizer = host_optim.build_optimizer(model, **C.optimizer_kwargs(cfg))
     scheduler = build_lr_scheduler(optimizer, **C.lr_scheduler_kwargs(cfg))
     return build_engine(cfg, _NoData(NUM_CLASSES), model, optimizer, scheduler)
@@ -351,12 +356,12 @@ def _set_schedulers(schedulers, steps):
             group['lr'] = lr
 
 
-def make_batch(iteration):
-    """x_a, xp_a, x_b, xp_b (float64, normalised-image scale) and the labels l_a, l_b."""
+def make_batch(iteration, pairs=PAIRS, dtype=torch.float64, device='cpu'):
+    """x_a, xp_a, x_b, xp_b (normalised-image scale) and the labels l_a, l_b."""
     g = torch.Generator().manual_seed(iteration)
-    images = torch.randn(4, PAIRS, 3, HEIGHT, WIDTH, generator=g, dtype=torch.float64)
-    labels = torch.randperm(NUM_CLASSES, generator=g)[:2 * PAIRS].view(2, PAIRS)
-    return images, labels
+    images = torch.randn(4, pairs, 3, HEIGHT, WIDTH, generator=g, dtype=dtype)
+    labels = torch.randperm(NUM_CLASSES, generator=g)[:2 * pairs].view(2, pairs)
+    return images.to(device), labels.to(device)
 
 
 def _float32_rounded(x):
@@ -390,7 +395,7 @@ def run_ours(engine, images, labels, iteration, seed):
     anchors, positives = torch.cat([x_a, x_b]), torch.cat([xp_a, xp_b])
     data = {'img': torch.stack([anchors, positives], 1).flatten(0, 1),  # (anchor, positive) pairs
             'pid': torch.cat(list(labels)).repeat_interleave(2),
-            'camid': torch.zeros(4 * PAIRS, dtype=torch.long)}
+            'camid': torch.zeros(2 * len(anchors), dtype=torch.long)}
     engine.epoch, engine.num_batches, engine.batch_idx = 0, iteration + 1, iteration
     recorder, module_random = _RecordingRandom(), dgnet_engine.random
     dgnet_engine.random = recorder
@@ -488,20 +493,51 @@ def lr_rows(pairs, optimizers):
     return rows
 
 
-def run(code, args):
-    report = Report()
+Sides = namedtuple('Sides', ['engine', 'trainer', 'official', 'hyper', 'pairs', 'optimizers'])
+
+
+def build_sides(code, dtype=torch.float64, pairs=PAIRS, device='cpu'):
+    """Our engine and the official trainer in ``dtype`` on ``device``, the official weights
+    mapped onto ours (``pairs`` images per official loader batch)."""
     with tempfile.TemporaryDirectory() as folder:
-        engine = build_ours(_random_teacher(folder))
+        engine = build_ours(_random_teacher(folder), dtype, pairs, device)
     teacher_hook = next(h for h in engine.hooks if isinstance(h, TeacherDistillationHook))
     adversarial = next(h for h in engine.hooks if isinstance(h, AdversarialStepHook))
     encoder, generator, discriminator = engine.model, engine.generator, adversarial.discriminator
     for net in (encoder, generator, discriminator, teacher_hook.teacher):
-        net.double()
-    discriminator.register_forward_pre_hook(_inputs_to_parameter_dtype)
+        net.to(device, dtype)
+    if dtype == torch.float64:
+        discriminator.register_forward_pre_hook(_inputs_to_parameter_dtype)
     trainer, official, hyper = build_official(code, teacher_hook.teacher)
     if hyper['ID_class'] != NUM_CLASSES:
         raise ValueError('configs/latest.yaml has ID_class {}, the check {}'.format(hyper['ID_class'], NUM_CLASSES))
-    official.double()
+    official.to(device, dtype)
+    pairs = {'E_a': mapped_pairs('E_a', encoder, official.id_a),
+             'generator': mapped_pairs('generator', generator, official.gen_a),
+             'D': mapped_pairs('D', discriminator, official.dis_a)}
+    optimizers = {'E_a': (engine._optims['model'], official.id_opt),
+                  'generator': (engine._optims['generator'], official.gen_opt),
+                  'D': (engine._optims['discriminator'], official.dis_opt)}
+    engine.set_model_mode('train')
+    return Sides(engine, trainer, official, hyper, pairs, optimizers)
+
+
+def start_iteration(sides, initial, iteration):
+    """Both sides at the start of ``iteration``: schedulers, warm-up weights, the official
+    state copied onto ours."""
+    if iteration < 0:
+        raise ValueError('--iterations must be non-negative, got {}'.format(iteration))
+    official = sides.official
+    _set_schedulers(sides.engine._scheds.values(), iteration)
+    _set_schedulers((official.dis_scheduler, official.gen_scheduler, official.id_scheduler), iteration)
+    set_official_weights(sides.hyper, initial, iteration)
+    synchronise(sides.pairs, sides.optimizers)
+
+
+def run(code, args):
+    report = Report()
+    sides = build_sides(code)
+    engine, trainer, official, hyper, pairs, optimizers = sides
     pending, coin = [], _Coin()
     code.patch(trainer.DGNet_Trainer, 'to_re', _erasing_replay(pending),
                "random erasing: replays the masks our random_erase draws (same distribution as the "
@@ -509,27 +545,14 @@ def run(code, args):
                "(the official builds a float32 tensor)")
     code.patch(trainer, 'random', coin, "the encoder-again coin random.uniform(0, 1) returns our engine's "
                'draw of the iteration')
-
-    pairs = {'E_a': mapped_pairs('E_a', encoder, official.id_a),
-             'generator': mapped_pairs('generator', generator, official.gen_a),
-             'D': mapped_pairs('D', discriminator, official.dis_a)}
     count = sum(len(p) for p in pairs.values())
-
     initial = dict(hyper)
-    optimizers = {'E_a': (engine._optims['model'], official.id_opt),
-                  'generator': (engine._optims['generator'], official.gen_opt),
-                  'D': (engine._optims['discriminator'], official.dis_opt)}
-    engine.set_model_mode('train')
     branches = []
-    for iteration in args.iterations:
-        if iteration < 0:
-            raise ValueError('--iterations must be non-negative, got {}'.format(iteration))
+    iterations = args.iterations or CHECKED_ITERATIONS
+    for iteration in iterations:
+        start_iteration(sides, initial, iteration)
         images, labels = make_batch(iteration)
         seed = 1000 + iteration
-        _set_schedulers(engine._scheds.values(), iteration)
-        _set_schedulers((official.dis_scheduler, official.gen_scheduler, official.id_scheduler), iteration)
-        set_official_weights(hyper, initial, iteration)
-        synchronise(pairs, optimizers)
 
         summary, draws = run_ours(engine, images, labels, iteration, seed)
         coin.value, coin.used = (draws[0] if draws else None), []
@@ -555,7 +578,7 @@ def run(code, args):
         'positive) pairs at {}x{}, {} classes. Before each iteration the official state (weights, '
         'BatchNorm statistics, optimiser moments and step counts) is copied onto ours: {} official '
         'tensors mapped onto ours (unused official ones: E_a {}; G {}).'.format(
-            ', '.join(map(str, args.iterations)), PAIRS, PAIRS, HEIGHT, WIDTH, NUM_CLASSES, count,
+            ', '.join(map(str, iterations)), PAIRS, PAIRS, HEIGHT, WIDTH, NUM_CLASSES, count,
             UNUSED_OFFICIAL['E_a'][1], UNUSED_OFFICIAL['generator'][1]),
         '', 'Shared randomness: torch seeded alike before each side (dropout masks; erasing masks drawn '
         'by our random_erase and replayed in the official to_re); encoder-again coin (our train.seed {}) '
@@ -567,4 +590,38 @@ def run(code, args):
         'in float64; the official dis_update gets the same rounded images), so the R1 input gradient is '
         "float32; the teacher's KL is float32 (plugins.TeacherDistillationHook casts the logits), so "
         "the teacher rows and the E_a gradients it drives agree to about 1e-7 relative."]
+    return report
+
+
+def time_iterations(code, args):
+    """``--time``: the official iteration and ours from the same state and batch, in float32,
+    on the GPU when present, at each ``--batch`` (images per official loader batch) and
+    iteration (default 0, before any warm-up, and 40000, every term and the teacher on)."""
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    report = Report()
+    for pairs in args.batch or TIMED_BATCHES:
+        sides = build_sides(code, torch.float32, pairs, device)
+        initial = dict(sides.hyper)
+        rows = []
+        for iteration in args.iterations or TIMED_ITERATIONS:
+            start_iteration(sides, initial, iteration)
+            images, labels = make_batch(iteration, pairs, torch.float32, device)
+            rows.append(time_side_by_side(
+                'iteration {}'.format(iteration),
+                lambda: run_official(sides.official, sides.hyper, images, labels, iteration, 0),
+                lambda: run_ours(sides.engine, images, labels, iteration, 0), args.rounds, device))
+        report.timing('One training iteration (D step, then E_a + E_s/G), batch {0} + {0} '
+                      'image/positive pairs at {1}x{2}, float32, on {3}'.format(
+                          pairs, HEIGHT, WIDTH, torch.cuda.get_device_name(device)
+                          if device.type == 'cuda' else 'CPU ({} threads)'.format(
+                              torch.get_num_threads())), rows)
+        sides = None  # this batch size's networks go before the next are built
+    report.notes.append(
+        'Both sides start each iteration from the same weights, optimiser state and learning '
+        'rates, with the same batch, and run once untimed; then {} rounds alternate which side '
+        'goes first. Medians; the ratio is the median of the per-round ratios. Memory: the '
+        'peak above what the process held before the call (CUDA allocated memory on a GPU, '
+        'resident memory on a CPU). The official side runs unpatched but for the teacher '
+        '(ours, a random torchreid resnet50) and the run-time patches listed below.'.format(
+            args.rounds))
     return report
