@@ -155,6 +155,14 @@ class PluginEngine(Engine):
         """
         return self.model(batch['img'])
 
+    def finish_outputs(self, batch, outputs):
+        """The rest of the forward, after the hooks' ``after_forward`` updates (an adversary's
+        step); returns the outputs the loss terms read. Nothing by default. A method whose
+        official step computes part of its forward after such an update (DG-Net: the
+        generator side after the D step) does it here, which also frees the hooks' graphs
+        before its own are built."""
+        return outputs
+
     def forward_backward(self, data):
         """One training step; returns ``{name: detached tensor}`` (read only when logging)."""
         batch = self.parse_batch(data)
@@ -167,6 +175,7 @@ class PluginEngine(Engine):
             outputs = self.model_outputs(batch)
             for hook in self.hooks:
                 log.update(hook.after_forward(self, batch, outputs) or {})
+            outputs = self.finish_outputs(batch, outputs)
             terms = {}
             for term in self.loss_terms:
                 weight = term.weight(self) if callable(term.weight) else term.weight

@@ -72,14 +72,17 @@ class Hook:
 
     Per training step, in order:
       1. ``before_step(engine, batch)``
-      2. main forward: ``outputs = engine.model(batch['img'])``
+      2. main forward: ``outputs = engine.model_outputs(batch)`` (``engine.model(batch['img'])``
+         unless the engine says otherwise)
       3. ``after_forward(engine, batch, outputs)``: extra updates that need the
          outputs but must run before the main backward (a discriminator step);
-      4. ``loss_terms(engine, batch, outputs) -> {name: tensor}``: terms added to
+      4. ``outputs = engine.finish_outputs(batch, outputs)``: the rest of the forward, for
+         methods that compute it after such an update (DG-Net); unchanged by default;
+      5. ``loss_terms(engine, batch, outputs) -> {name: tensor}``: terms added to
          the main loss (already weighted);
-      5. main backward and optimizer step;
-      6. ``after_step(engine, batch, outputs)``.
-    Stages 3 and 6 may return a ``{name: tensor or float}`` dict that is logged;
+      6. main backward and optimizer step;
+      7. ``after_step(engine, batch, outputs)``.
+    Stages 3 and 7 may return a ``{name: tensor or float}`` dict that is logged;
     return detached tensors (no ``.item()``) so that a step never waits for the device.
     """
 

@@ -59,6 +59,9 @@ def parse_args(argv=None):
                             MARKET_SIZE[1], QUICK_SIZE[1]))
     parser.add_argument('--quick', action='store_true', help='small evaluation problem')
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--official-dir', default='',
+                        help='dgnet section: your clone of NVlabs/DG-Net, to time its iteration '
+                        'beside ours (as tools/check_official.py --time)')
     parser.add_argument('--out-dir', default=osp.join('output', 'benchmark'))
     parser.add_argument('--resume', action='store_true',
                         help='continue from --out-dir/benchmark.json and the run checkpoints')

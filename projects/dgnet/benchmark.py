@@ -78,7 +78,25 @@ def run(args, previous, save):
             result['runs'][name] = {'dgnet_s': seconds, 'peak_mib': peak, 'resnet50_s': plain,
                                     'ratio': seconds / plain}
             save(result)
+    if getattr(args, 'official_dir', '') and 'official' not in result:
+        result['official'] = time_against_official(args.official_dir, quick)
+        save(result)
     return result
+
+
+def time_against_official(official_dir, quick):
+    """The official iteration and ours side by side (``check_official.py --time``), as Markdown."""
+    from argparse import Namespace
+
+    from plugins.official import check_clone, official_code
+
+    from .official import time_iterations
+
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    args = Namespace(batch=[2] if quick else None, iterations=[0] if quick else None,
+                     rounds=1 if quick else 5)
+    with official_code(check_clone(official_dir, 'dgnet'), device) as code:
+        return time_iterations(code, args).markdown()
 
 
 def markdown(result):
@@ -99,6 +117,8 @@ def markdown(result):
     for name, r in result.get('runs', {}).items():
         lines.append('| {} | {:.1f} | {:.0f} | {:.1f} | {:.2f}x |'.format(
             name, 1000 * r['dgnet_s'], r['peak_mib'], 1000 * r['resnet50_s'], r['ratio']))
+    if 'official' in result:
+        lines += ['', 'Against the official code on the same machine:', '', result['official']]
     if 'H200' in result['device'] and 'fp32' in result.get('runs', {}):
         lines += ['', 'fp32 iteration vs the official code on the same GPU: {:.2f}x (target at most '
                   '0.5x).'.format(1000 * result['runs']['fp32']['dgnet_s'] / OFFICIAL_H200_MS)]

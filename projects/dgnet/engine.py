@@ -8,10 +8,13 @@ their positives ``xp_a``), the last ``n`` loader b. One iteration (official
 1. codes: structure ``s = E_s(grey x)``; appearance ``f = E_a(x)``, ``fp = E_a(xp)``
    (detached by E_a, so computed without a graph);
 2. one decoder pass for self-reconstructions ``G(s, f)``, same-identity
-   reconstructions ``G(s, fp)`` and swaps ``x_ba = G(s_b, f_a)``, ``x_ab = G(s_a, f_b)``;
+   reconstructions ``G(s, fp)`` and swaps ``x_ba = G(s_b, f_a)``, ``x_ab = G(s_a, f_b)``,
+   and E_a on the erased reals (the official ``forward``: :meth:`DGNetEngine.model_outputs`);
 3. D step on the detached swaps against the reals (LSGAN + R1), through
    :class:`plugins.AdversarialStepHook`;
-4. one step of E_a (SGD) and E_s + G (Adam) on the weighted sum of every term
+4. the rest of the official ``gen_update`` forward (:meth:`DGNetEngine.finish_outputs`),
+   after the D step as there, so that D's graph is gone before these are built;
+5. one step of E_a (SGD) and E_s + G (Adam) on the weighted sum of every term
    below, the teacher's KL through :class:`plugins.TeacherDistillationHook`.
 
 Faithful to the official maths, faster: the fakes are generated once (the official
@@ -45,11 +48,14 @@ from .schedules import loss_weights
 
 HALVES = 2  # the official a and b batches: its sums of two equal-size means
 
-DGNetStep = namedtuple('DGNetStep', ['reals', 'labels', 'fakes', 'logits', 'student', 'losses'])
+DGNetStep = namedtuple('DGNetStep', ['reals', 'labels', 'fakes', 'logits', 'student', 'losses',
+                                     'structure', 'appearance'])
 DGNetStep.__doc__ = """One iteration's tensors: ``reals`` (x_a, x_b), ``labels`` (l_a, l_b),
 ``fakes`` (x_ba, x_ab), ``logits`` (E_a's primary logits of the erased reals), ``student``
 (E_a's (primary, fine) logits of the detached fakes, or None before the teacher warm-up),
-``losses`` (unweighted terms by name)."""
+``losses`` (unweighted terms by name), ``structure`` and ``appearance`` (the codes s and f
+of the reals). :meth:`DGNetEngine.model_outputs` fills it up to the D step,
+:meth:`DGNetEngine.finish_outputs` after it."""
 
 # Generator/encoder terms, weighted by :func:`.schedules.loss_weights` (the teacher's KL is the hook's).
 TERMS = ('recon_x', 'recon_xp', 'recon_s', 'recon_f', 'recon_cyc', 'id', 'pid', 'recon_id', 'fine')
@@ -175,6 +181,7 @@ class DGNetEngine(PluginEngine):
         return self.epoch * getattr(self, 'num_batches', 0) + self.batch_idx
 
     def model_outputs(self, batch):
+        """The official ``forward``: codes, the decoder's images, E_a on the erased reals."""
         self.weights = w = loss_weights(self.dgnet, self.iteration, self.teacher_weight)
         images, pids = batch['img'], batch['pid']
         x, xp, labels = images[0::2], images[1::2], pids[0::2]
@@ -190,19 +197,6 @@ class DGNetEngine(PluginEngine):
         losses['recon_x'] = HALVES * l1(recon, x)
         losses['recon_xp'] = HALVES * l1(recon_p, x)
 
-        # the generated images seen by a frozen E_a: identity of the appearance source
-        with frozen_encoder(encoder):
-            f_recon, p_recon = per_group(lambda group: code_and_primary_logits(encoder, group), fakes, n)
-        losses['recon_id'] = HALVES * F.cross_entropy(p_recon, labels)
-        if w['recon_f']:  # both codes are detached (as in the official code): logged, no gradient
-            losses['recon_f'] = HALVES * l1(f_recon, f)
-        if w['recon_s'] or w['recon_cyc']:
-            s_recon = self._encode_fakes_again(swap_halves(fakes))
-            if w['recon_s']:
-                losses['recon_s'] = HALVES * l1(s_recon, s)
-            if w['recon_cyc']:  # x_aba = G(s_a_recon, f_a_recon), x_bab likewise
-                losses['recon_cyc'] = HALVES * l1(self.per_image(gen.decode, (s_recon, f_recon)), x)
-
         # identities of the reals and positives, on randomly erased copies; E_a sees them
         # before the detached fakes, as in the official step (the same order of BatchNorm
         # running-statistics updates)
@@ -211,13 +205,32 @@ class DGNetEngine(PluginEngine):
         losses['id'] = HALVES * (F.cross_entropy(logits, labels)
                                  + w['id_fine'] * F.cross_entropy(fine[:len(x)], labels))
         losses['pid'] = HALVES * F.cross_entropy(logits_p, labels)
+        return DGNetStep(x, labels, fakes, logits, None, losses, s, f)
+
+    def finish_outputs(self, batch, step):
+        """The official ``gen_update``'s forward, after the D step: the fakes judged by a frozen
+        E_a, their structure encoded again, the cycle, and E_a learning from them."""
+        w, n, gen, encoder = self.weights, self._group, self.generator, self.model
+        x, labels, fakes, losses = step.reals, step.labels, step.fakes, dict(step.losses)
+        # the generated images seen by a frozen E_a: identity of the appearance source
+        with frozen_encoder(encoder):
+            f_recon, p_recon = per_group(lambda group: code_and_primary_logits(encoder, group), fakes, n)
+        losses['recon_id'] = HALVES * F.cross_entropy(p_recon, labels)
+        if w['recon_f']:  # both codes are detached (as in the official code): logged, no gradient
+            losses['recon_f'] = HALVES * l1(f_recon, step.appearance)
+        if w['recon_s'] or w['recon_cyc']:
+            s_recon = self._encode_fakes_again(swap_halves(fakes))
+            if w['recon_s']:
+                losses['recon_s'] = HALVES * l1(s_recon, step.structure)
+            if w['recon_cyc']:  # x_aba = G(s_a_recon, f_a_recon), x_bab likewise
+                losses['recon_cyc'] = HALVES * l1(self.per_image(gen.decode, (s_recon, f_recon)), x)
 
         student = None
         if w['teacher'] or w['fine']:  # E_a learns from the detached fakes
             student = per_group(self.model, fakes.detach(), n)
             if w['fine']:  # fine-grained mining: the identity of the structure source
                 losses['fine'] = HALVES * F.cross_entropy(student[1], swap_halves(labels))
-        return DGNetStep(x, labels, fakes, logits, student, losses)
+        return step._replace(student=student, losses=losses)
 
     def _encode_fakes_again(self, fakes):
         """Structure codes of (x_ab, x_ba): with probability ``use_encoder_again`` E_s learns

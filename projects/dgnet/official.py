@@ -38,6 +38,10 @@ Shared randomness:
   ``random.uniform(0, 1)`` returns it (0.0, i.e. "encode again", when our engine drew none:
   its code and cycle weights were 0, so the branch changes nothing the step uses).
 
+``--time`` (:func:`time_iterations`) builds both sides the same way in float32 (on the GPU
+when present) and times one iteration of each from the same state and batch, in alternating
+rounds, at a CPU batch (2 + 2 pairs) and the official one (8 + 8), at iteration 0 and 40000.
+
 The official modules are imported from the clone only while :func:`run` runs (never when the
 project is imported); their deprecation warnings and prints are silenced.
 """
@@ -620,8 +624,9 @@ def time_iterations(code, args):
         'Both sides start each iteration from the same weights, optimiser state and learning '
         'rates, with the same batch, and run once untimed; then {} rounds alternate which side '
         'goes first. Medians; the ratio is the median of the per-round ratios. Memory: the '
-        'peak above what the process held before the call (CUDA allocated memory on a GPU, '
-        'resident memory on a CPU). The official side runs unpatched but for the teacher '
+        'most tensor memory one iteration holds at once above what was allocated before it '
+        '(CUDA allocator statistics on a GPU, the profiler\'s allocation records on a CPU). '
+        'The official side runs unpatched but for the teacher '
         '(ours, a random torchreid resnet50) and the run-time patches listed below.'.format(
             args.rounds))
     return report

@@ -221,3 +221,38 @@ def test_duplicate_hook_names_are_errors():
     engine = make_engine([CountingHook()])
     with pytest.raises(KeyError, match="'counter' is already attached"):
         engine.add_hook(CountingHook())
+
+
+def test_finish_outputs_runs_after_the_hooks_updates_and_feeds_the_loss_terms(tiny_batch):
+    """The step contract: model_outputs, the hooks' after_forward (an adversary's update), then
+    finish_outputs, whose result the loss terms and after_step receive."""
+    order = []
+
+    class Recording(Hook):
+        name = 'recording'
+
+        def after_forward(self, engine, batch, outputs):
+            order.append('after_forward')
+
+        def after_step(self, engine, batch, outputs):
+            order.append(('after_step', outputs[2]))
+
+    class TwoStage(PluginEngine):
+        def model_outputs(self, batch):
+            order.append('model_outputs')
+            return super().model_outputs(batch)
+
+        def finish_outputs(self, batch, outputs):
+            order.append('finish_outputs')
+            return (*outputs, 'finished')
+
+    torch.manual_seed(0)
+    model = TinyReIDNet(4, 'triplet')
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+    term = LossTerm('loss_x', 1.0, lambda e, b, o: seen.append(o[2]) or F.cross_entropy(o[0], b['pid']))
+    engine = TwoStage(FakeDataManager(), model, optimizer, None, use_gpu=False, loss_terms=[term],
+                      hooks=[Recording()])
+    engine.forward_backward(tiny_batch)
+    assert order == ['model_outputs', 'after_forward', 'finish_outputs', ('after_step', 'finished')]
+    assert seen == ['finished']

@@ -5,7 +5,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from plugins import official
 from plugins.official import Report, compare, official_code
+from tests.conftest import load_tool
 
 FAKE_OFFICIAL = '''
 import torch
@@ -42,3 +44,39 @@ def test_compare_reports_the_largest_difference_and_refuses_other_shapes():
     report.table('t', [row, compare('y', torch.tensor([10.0]), torch.tensor([20.0]))])
     assert report.worst() == pytest.approx(0.5)  # 10 / max(20, 1), above 0.5 / max(3, 1)
     assert '| x | 5.00e-01 | 3 |' in report.markdown()
+
+
+def test_time_side_by_side_alternates_the_order_and_pairs_ratios_by_round(monkeypatch):
+    calls, clock = [], [0.0]
+    durations = {'official': iter([9.0, 2.0, 1.0, 4.0, 2.0]), 'ours': iter([9.0, 1.0, 0.5, 1.0, 3.0])}
+
+    def side(name):
+        def run():
+            calls.append(name)
+            clock[0] += next(durations[name])
+        return run
+    official_side, ours_side = side('official'), side('ours')
+    monkeypatch.setattr(official.time, 'perf_counter', lambda: clock[0])
+    monkeypatch.setattr(official, 'peak_cpu_tensor_mib', lambda fn: 7.0 if fn is official_side else 5.0)
+    row = official.time_side_by_side('it', official_side, ours_side, rounds=4, device='cpu')
+    # one untimed call each, then rounds: official first, ours first, official first, ours first
+    assert calls == ['official', 'ours', 'official', 'ours', 'ours', 'official', 'official', 'ours',
+                     'ours', 'official']
+    assert (row.official_s, row.ours_s) == (2.0, 1.0)  # medians of 2, 1, 4, 2 and of 1, .5, 1, 3
+    assert row.ratio == 0.5  # median of the rounds' 1/2, .5/1, 1/4, 3/2
+    assert (row.official_peak_mib, row.ours_peak_mib) == (7.0, 5.0)
+
+
+def test_peak_cpu_tensor_memory_is_the_most_held_at_once():
+    def fn():
+        a = torch.ones(1024, 1024)  # 4 MiB
+        b = a * 2  # 8 MiB held
+        del a
+        c = torch.ones(2048, 1024)  # 4 + 8 = 12 MiB held
+        return float(b.sum() + c.sum())
+    assert official.peak_cpu_tensor_mib(fn) == pytest.approx(12.0, abs=0.1)
+
+
+def test_time_is_refused_for_a_method_without_a_timing():
+    with pytest.raises(SystemExit):
+        load_tool('check_official').parse_args(['--method', 'rga', '--official-dir', '.', '--time'])

@@ -37,6 +37,12 @@ def first_batch(engine):
     return next(iter(engine.train_loader))
 
 
+def full_step(engine, data):
+    """The whole forward of an iteration (without the D step between its two stages)."""
+    batch = engine.parse_batch(data)
+    return engine.finish_outputs(batch, engine.model_outputs(batch))
+
+
 def hook(engine, cls):
     return next(h for h in engine.hooks if isinstance(h, cls))
 
@@ -47,8 +53,7 @@ def test_one_iteration_has_every_term_and_the_official_shapes(tmp_path, teacher_
     data = first_batch(engine)
     assert torch.equal(data['pid'][0::2], data['pid'][1::2])  # (image, positive) pairs
     engine.set_model_mode('train')
-    batch = engine.parse_batch(data)
-    step = engine.model_outputs(batch)
+    step = full_step(engine, data)
     assert step.reals.shape == step.fakes.shape == (4, 3, 80, 40)  # x_a, x_b; x_ba, x_ab
     assert step.logits.shape == (4, NUM_IDS)
     assert step.student[0].shape == step.student[1].shape == (4, NUM_IDS)
@@ -63,7 +68,7 @@ def test_one_iteration_has_every_term_and_the_official_shapes(tmp_path, teacher_
 def test_before_the_warm_up_the_teacher_and_cycle_terms_are_not_computed(tmp_path, teacher_weights):
     engine = dgnet_run(tmp_path, teacher_weights)  # warm-ups start after 60 iterations
     engine.set_model_mode('train')
-    step = engine.model_outputs(engine.parse_batch(first_batch(engine)))
+    step = full_step(engine, first_batch(engine))
     assert set(step.losses) == {'recon_x', 'recon_xp', 'id', 'pid', 'recon_id'}
     assert step.student is None
     # the fine-grained head is in the 'id' term at weight 0 (official weight_B): zero gradients,
@@ -87,6 +92,7 @@ def test_the_d_step_trains_only_d_and_the_main_step_no_d_weight(tmp_path, teache
     assert not changed(before['model'], networks['model'])
     assert not changed(before['generator'], networks['generator'])
 
+    outputs = engine.finish_outputs(batch, outputs)
     before = {name: snapshot(net) for name, net in networks.items()}
     terms = {t.name: t.weight(engine) * t.fn(engine, batch, outputs) for t in engine.loss_terms}
     for h in engine.hooks:
@@ -106,7 +112,7 @@ def test_generator_terms_never_reach_the_appearance_encoder(tmp_path, teacher_we
     for name, reaches_encoder in [('recon_x', False), ('recon_id', False), ('recon_cyc', False),
                                   ('id', True), ('fine', True)]:
         torch.manual_seed(0)
-        step = engine.model_outputs(engine.parse_batch(first_batch(engine)))
+        step = full_step(engine, first_batch(engine))
         for net in (engine.model, engine.generator):
             net.zero_grad(set_to_none=True)
         step.losses[name].backward()
@@ -222,7 +228,7 @@ def test_without_a_teacher_the_fine_head_still_warms_up(tmp_path, teacher_weight
     assert not any(isinstance(h, TeacherDistillationHook) for h in engine.hooks)
     engine.batch_idx = 2
     engine.set_model_mode('train')
-    step = engine.model_outputs(engine.parse_batch(first_batch(engine)))
+    step = full_step(engine, first_batch(engine))
     assert engine.weights['id_fine'] > 0 and engine.weights['fine'] == engine.weights['teacher'] == 0
     assert 'fine' not in step.losses and step.student is None
 
@@ -307,9 +313,34 @@ def test_e_a_sees_the_erased_reals_before_the_fakes(tmp_path, teacher_weights):
     inputs = []
     handle = engine.model.register_forward_hook(lambda m, args, out: inputs.append(args[0]))
     try:
-        step = engine.model_outputs(engine.parse_batch(first_batch(engine)))
+        step = full_step(engine, first_batch(engine))
     finally:
         handle.remove()
     fakes = step.fakes.untyped_storage().data_ptr()
     from_fakes = [x.untyped_storage().data_ptr() == fakes for x in inputs]
     assert from_fakes == [False] * 4 + [True] * 2  # reals and positives (4 loader batches), then fakes
+
+
+def test_on_a_cpu_g_and_d_see_groups_of_n_images_and_grouping_changes_nothing(tmp_path, teacher_weights):
+    """G and D normalise each image alone: on a CPU they run on the official n images at a time
+    (larger activations are mapped and page-faulted afresh by glibc), with the same results."""
+    from projects.dgnet.engine import discriminator_step_loss, generator_step_loss
+    engine = dgnet_run(tmp_path, teacher_weights, *ALL_TERMS_ON)
+    engine.batch_idx = 2
+    engine.set_model_mode('train')
+    discriminator = hook(engine, AdversarialStepHook).discriminator
+    sizes = []
+    handles = [m.register_forward_hook(lambda m, args, out: sizes.append(len(args[0])))
+               for m in (discriminator, engine.generator.decoder)]
+    batch = engine.parse_batch(first_batch(engine))
+    outputs = engine.model_outputs(batch)
+    grouped = [fn(discriminator, engine, batch, outputs)
+               for fn in (discriminator_step_loss, generator_step_loss)]
+    for h in handles:
+        h.remove()
+    assert engine._group == 2 and sizes and set(sizes) == {2}
+    engine.device = torch.device('meta')  # not a CPU: whole batches
+    whole = [fn(discriminator, engine, batch, outputs)
+             for fn in (discriminator_step_loss, generator_step_loss)]
+    for a, b in zip(grouped, whole):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
