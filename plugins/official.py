@@ -117,7 +117,9 @@ def time_side_by_side(what, official, ours, rounds, device):
 
 def peak_cpu_tensor_mib(fn):
     """The most CPU tensor memory (MiB) that ``fn()`` holds at once above what was allocated
-    before it, from the profiler's allocation records (the CPU's ``max_memory_allocated``)."""
+    before it, from the profiler's allocation records (the CPU's ``max_memory_allocated``).
+    Blocks allocated before the call and freed during it (the last step's gradients) have no
+    record and are not subtracted, so both sides of a comparison are counted alike, a little high."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
