@@ -1,6 +1,6 @@
 """reid-plugins: one small API through which projects extend torchreid.
 
-Importing this package fixes known host gaps (:mod:`plugins.host_fixes`),
+Importing this package fixes known host gaps (:mod:`plugins.host.fixes`),
 registers the embedded ``synthreid`` dataset, and loads every installed
 project (:func:`load_projects`). Extension points, each a
 :class:`~plugins.registry.Registry`:
@@ -11,18 +11,18 @@ project (:func:`load_projects`). Extension points, each a
 * engines: :func:`register_engine`; hooks: :func:`register_hook`
 * config nodes: :func:`register_config`
 """
-from . import host_warnings  # noqa: F401  (first: before torchreid is imported)
-from .config import CONFIG_NODES, get_default_config, merge_from_file, register_config
-from .discovery import load_projects
-from .engine import ENGINES, LossTerm, PluginEngine, build_engine, register_engine
-from .evaluation import evaluate_rank
-from .hooks import (HOOKS, AdversarialStepHook, CriticUpdateHook, Hook,
+from plugins.host import silenced as host_warnings  # noqa: F401  (first: before torchreid is imported)
+from plugins.config import CONFIG_NODES, get_default_config, merge_from_file, register_config
+from plugins.discovery import load_projects
+from plugins.training.engine import ENGINES, LossTerm, PluginEngine, build_engine, register_engine
+from plugins.evaluation.protocol import evaluate_rank
+from plugins.training.hooks import (HOOKS, AdversarialStepHook, CriticUpdateHook, Hook,
                     TeacherDistillationHook, register_hook)
-from .host_fixes import install_host_fixes
-from .models import MODELS, available_models, build_model, register_model, register_models
-from .registry import Registry
-from .samplers import SAMPLERS, register_sampler, set_sampler_options
-from .schedulers import build_lr_scheduler
+from plugins.host.fixes import install_host_fixes
+from plugins.nn.models import MODELS, available_models, build_model, register_model, register_models
+from plugins.registry import Registry
+from plugins.data.samplers import SAMPLERS, register_sampler, set_sampler_options
+from plugins.training.schedulers import build_lr_scheduler
 
 __all__ = [
     'AdversarialStepHook', 'CONFIG_NODES', 'CriticUpdateHook', 'ENGINES', 'HOOKS', 'Hook', 'LossTerm',

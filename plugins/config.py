@@ -19,8 +19,8 @@ import os.path as osp
 import yaml
 from yacs.config import CfgNode as CN
 
-from .datasets import synthreid
-from .registry import Registry
+from plugins.data.datasets import synthreid
+from plugins.registry import Registry
 
 CONFIG_NODES = Registry('config node')
 BASE_KEY = '_BASE_'

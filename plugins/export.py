@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
-from .evaluation import flip_averaged
+from plugins.evaluation.protocol import flip_averaged
 
 INPUT_NAME = 'images'
 OUTPUT_NAME = 'features'

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from PIL import Image, ImageDraw, ImageFont
 
-from .registry import Registry
+from plugins.registry import Registry
 
 __all__ = ['APPEARANCE_SWAPS', 'ATTENTION_MAPS', 'attention_maps', 'register_appearance_swap', 'cam_from_gradients', 'conv_layer_names', 'grad_cam',
            'normalise_maps', 'overlay',

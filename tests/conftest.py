@@ -119,7 +119,7 @@ TINY_SYNTHREID = ['synthreid.num_train_ids', '6', 'synthreid.num_test_ids', '5',
 
 def tiny_synthreid_run(config, tmp_path, *opts):
     """The engine of ``config`` on a tiny generated synthreid at 32x16, batch 8, seeded."""
-    from plugins.launch import build_run, setup_config
+    from plugins.training.launch import build_run, setup_config
     cfg = setup_config(config, [*TINY_SYNTHREID, 'data.height', '32', 'data.width', '16',
                                 'data.workers', '0', 'train.batch_size', '8',
                                 'data.save_dir', str(tmp_path / 'log'), *opts],
@@ -198,7 +198,7 @@ def market_subset(tmp_path_factory):
 
     Outside CI a missing tarball skips the real-data tests; in CI it fails them.
     """
-    from plugins.datasets.market_subset import ENV_VAR, extract_market_subset
+    from plugins.data.datasets.market_subset import ENV_VAR, extract_market_subset
     tarball = os.environ.get(ENV_VAR, '')
     if not os.path.isfile(tarball):
         message = '${} does not name the Market-1501 tarball (got {!r})'.format(ENV_VAR, tarball)

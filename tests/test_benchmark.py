@@ -5,9 +5,10 @@ import os
 import pytest
 from PIL import Image
 
-from plugins import benchmarking, evaluation
-from plugins.benchmarking import interleaved_times, latest_checkpoint, median_time, train_for_budget
-from plugins.launch import build_run, setup_config
+from plugins.benchmarking import sections as benchmarking
+from plugins.evaluation import protocol as evaluation
+from plugins.benchmarking.sections import interleaved_times, latest_checkpoint, median_time, train_for_budget
+from plugins.training.launch import build_run, setup_config
 from tests.conftest import REPO, TINY_SYNTHREID, load_tool
 
 CONFIGS = [os.path.join(REPO, 'configs', 'baselines', name)
@@ -91,7 +92,7 @@ def test_training_budget_resumes_from_the_latest_checkpoint(tmp_path):
 def test_call_in_subprocess_returns_the_child_result_and_reports_a_dead_child():
     import math
 
-    from plugins.benchmarking import call_in_subprocess
+    from plugins.benchmarking.sections import call_in_subprocess
     assert call_in_subprocess(os.getpid) != os.getpid()
     assert call_in_subprocess(math.hypot, 3.0, 4.0) == 5.0
     with pytest.raises(RuntimeError, match='sqrt failed in its subprocess'):

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from plugins.precision import Precision
+from plugins.training.precision import Precision
 from tests.conftest import REPO, amp_step
 from tests.test_shipped_configs import MODEL_ENGINES, TINY, _teacher_opts
 
@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.cuda,
 def built_gpu_engine(request, tmp_path_factory):
     """The engine of a (model, engine) pair on the GPU, a batch, and a checkpoint of its
     untrained state."""
-    from plugins.launch import build_run, setup_config
+    from plugins.training.launch import build_run, setup_config
     path = MODEL_ENGINES[request.param]
     folder = tmp_path_factory.mktemp('gpu')
     cfg = setup_config(path, [*TINY, 'use_gpu', 'True', 'data.workers', '0',
@@ -84,7 +84,7 @@ def test_a_gpu_checkpoint_loads_on_a_machine_without_gpus_and_resumes_on_one(gpu
 
 
 def test_gpu_evaluation_equals_the_cpu():
-    from plugins.evaluation import compute_distance_matrix, evaluate_rank
+    from plugins.evaluation.protocol import compute_distance_matrix, evaluate_rank
     g = torch.Generator().manual_seed(0)
     q, gal = torch.randn(30, 64, generator=g), torch.randn(200, 64, generator=g)
     q_pids, g_pids = torch.randint(0, 20, (30,), generator=g), torch.randint(0, 20, (200,), generator=g)
@@ -103,7 +103,7 @@ def test_gpu_re_ranking_equals_the_host_and_fits_at_market_scale():
     peak device memory stays within a few GB (printed for the README)."""
     import time
 
-    from plugins.rerank import HOST_DISTANCE, re_ranking
+    from plugins.evaluation.rerank import HOST_DISTANCE, re_ranking
     from torchreid.reid.utils import re_ranking as host_re_ranking
     g = torch.Generator().manual_seed(0)
     q, gal = torch.randn(30, 16, generator=g), torch.randn(90, 16, generator=g)

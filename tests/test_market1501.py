@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from torchreid.reid.data.datasets.image.market1501 import Market1501
 
-from plugins.launch import build_datamanager, setup_config
+from plugins.training.launch import build_datamanager, setup_config
 from tests.conftest import MARKET_SUBSET_IDS, REPO, run_benchmark_section, run_tool
 
 PROJECT_SCRATCH_CONFIGS = sorted(

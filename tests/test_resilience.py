@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from plugins import LossTerm, PluginEngine
-from plugins.checkpoint import load_checkpoint, save_checkpoint
-from plugins.images import ImageReadError, read_image
-from plugins.resilience import NonFiniteLossError, latest_checkpoint
+from plugins.training.checkpoint import load_checkpoint, save_checkpoint
+from plugins.data.images import ImageReadError, read_image
+from plugins.training.resilience import NonFiniteLossError, latest_checkpoint
 from tests.conftest import (REPO, TINY_SYNTHREID, FakeDataManager, TinyReIDNet, count_host_reads,
                             run_tool)
 
@@ -171,7 +171,7 @@ def test_resume_auto_never_picks_a_corrupt_or_incomplete_checkpoint(tmp_path, ca
 
 def _tiny_dataset(tmp_path):
     """Generate the tiny synthreid once through the train script's data manager."""
-    from plugins.launch import build_datamanager, setup_config
+    from plugins.training.launch import build_datamanager, setup_config
     cfg = setup_config(CONFIG, [*TINY_SYNTHREID, 'data.workers', '0'], root=str(tmp_path / 'data'))
     build_datamanager(cfg)
     return str(tmp_path / 'data' / 'synthreid')
@@ -203,7 +203,7 @@ def test_corrupt_image_is_named_or_skipped_and_counted(tmp_path):
 
 
 def test_kernels_without_a_deterministic_implementation_are_named(capsys):
-    from plugins.resilience import nondeterministic_kernels_reported
+    from plugins.training.resilience import nondeterministic_kernels_reported
     message = ('upsample_bilinear2d_backward_out_cuda does not have a deterministic implementation, '
                "but you set 'torch.use_deterministic_algorithms(True, warn_only=True)'")
     previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import plugins
-from plugins.checkpoint import save_checkpoint
-from plugins.launch import setup_config
-from plugins.precision import Precision
+from plugins.training.checkpoint import save_checkpoint
+from plugins.training.launch import setup_config
+from plugins.training.precision import Precision
 from tests.conftest import (REPO, TINY_SYNTHREID, amp_step, count_host_reads, ddp_rank_checksums,
                             tiny_synthreid_run)
 

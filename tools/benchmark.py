@@ -8,7 +8,7 @@ Usage:
     python tools/benchmark.py --sections evaluation --quick     # small problem, for smoke tests
     python tools/benchmark.py ... --resume                      # continue a half-finished run
 
-Sections come from ``plugins.benchmarking.BENCHMARKS`` (projects add their own):
+Sections come from ``plugins.benchmarking.sections.BENCHMARKS`` (projects add their own):
 ``models`` trains every config for the same epochs and reports accuracy and
 costs; ``evaluation`` compares torchreid's evaluation with ours at Market-1501
 scale. The run writes ``benchmark.json`` (every figure and the environment),
@@ -27,8 +27,8 @@ import time
 import numpy as np
 import torch
 
-from plugins.benchmarking import BENCHMARKS, MARKET_SIZE  # importing plugins loads projects' sections
-from plugins.launch import keep_freed_host_memory
+from plugins.benchmarking.sections import BENCHMARKS, MARKET_SIZE  # importing plugins loads projects' sections
+from plugins.training.launch import keep_freed_host_memory
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 QUICK_SIZE = (300, 1500)
@@ -77,7 +77,7 @@ def parse_args(argv=None):
 
 def environment(host_memory_kept):
     return {
-        'host_allocator': ('glibc, freed memory kept (plugins.launch.keep_freed_host_memory)'
+        'host_allocator': ('glibc, freed memory kept (plugins.training.launch.keep_freed_host_memory)'
                            if host_memory_kept else 'default settings'),
         'date': time.strftime('%Y-%m-%d %H:%M:%S'),
         'command': ' '.join([osp.basename(sys.argv[0])] + sys.argv[1:]),

@@ -15,7 +15,7 @@ largest absolute differences (and the largest official values, their scale) and
 exits non-zero when a relative difference exceeds ``--tolerance``. With ``--time`` it
 instead times the official training iteration and ours from the same state and batch,
 in alternating rounds, with each side's peak memory. Methods come from the projects
-(``plugins.official.OFFICIAL_CHECKS``).
+(``plugins.benchmarking.official.OFFICIAL_CHECKS``).
 """
 import argparse
 import sys
@@ -23,8 +23,8 @@ import sys
 import torch
 
 import plugins  # noqa: F401  (loads the projects, which register their checks)
-from plugins.launch import keep_freed_host_memory
-from plugins.official import OFFICIAL_CHECKS, check_clone, official_code
+from plugins.training.launch import keep_freed_host_memory
+from plugins.benchmarking.official import OFFICIAL_CHECKS, check_clone, official_code
 
 
 def parse_args(argv=None):

@@ -20,10 +20,10 @@ import sys
 import torch
 
 import plugins  # noqa: F401  (registers plugin models, datasets and config nodes)
-from plugins.checkpoint import load_checkpoint
+from plugins.training.checkpoint import load_checkpoint
 from plugins.export import (FP16_RTOL, FP32_RTOL, ExportError, ExportParityError, check_parity,
                             export_onnx, read_metadata)
-from plugins.launch import build_trained_model, setup_config
+from plugins.training.launch import build_trained_model, setup_config
 
 
 def parse_args(argv=None):

@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from plugins.datasets.market_subset import ENV_VAR, extract_market_subset
+from plugins.data.datasets.market_subset import ENV_VAR, extract_market_subset
 
 
 def main(argv=None):

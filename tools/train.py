@@ -18,13 +18,13 @@ import os.path as osp
 import sys
 import time
 
-import plugins  # first: it silences the host's false import-time warning (plugins.host_warnings)
+import plugins  # first: it silences the host's false import-time warning (plugins.host.silenced)
 from torchreid.reid.utils import Logger, collect_env_info, set_random_seed
-from plugins import distributed
+from plugins.training import distributed
 from plugins.config import engine_run_kwargs
-from plugins.images import ImageReadError, original_message
-from plugins.launch import build_run, setup_config, setup_process
-from plugins.resilience import NonFiniteLossError, TrainingInterrupted
+from plugins.data.images import ImageReadError, original_message
+from plugins.training.launch import build_run, setup_config, setup_process
+from plugins.training.resilience import NonFiniteLossError, TrainingInterrupted
 
 
 def parse_args(argv=None):
@@ -75,7 +75,7 @@ def main(argv=None):
     print('Collecting env info ...')
     print('** System info **\n{}\n'.format(collect_env_info()))
     print('Plugin projects: {}'.format(sorted(plugins.load_projects()) or 'none installed'))
-    print('Evaluation: plugins.evaluation.evaluate_rank (vectorised; replaces the host\'s ranking)')
+    print('Evaluation: plugins.evaluation.protocol.evaluate_rank (vectorised; replaces the host\'s ranking)')
     if distributed.is_distributed():
         print('Distributed: {} processes, global batch {}'.format(
             distributed.get_world_size(), cfg.train.batch_size))

@@ -34,9 +34,9 @@ if REPO_ROOT not in sys.path:
 warnings.filterwarnings('ignore', message='Cython evaluation')  # the host's notice on import
 import plugins  # noqa: E402  (registers synthreid and the projects)
 from plugins import config as C  # noqa: E402
-from plugins import evaluation  # noqa: E402
+from plugins.evaluation import protocol as evaluation  # noqa: E402
 from plugins import visualization as V  # noqa: E402
-from plugins.launch import build_trained_model, setup_config  # noqa: E402
+from plugins.training.launch import build_trained_model, setup_config  # noqa: E402
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 DISPLAY_HEIGHT = 256

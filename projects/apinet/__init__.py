@@ -14,8 +14,8 @@ Registers, through ``plugins`` only:
 See ``projects/apinet/README.md``.
 """
 import plugins
-from plugins.benchmarking import register_benchmark
-from plugins.official import register_official_check
+from plugins.benchmarking.sections import register_benchmark
+from plugins.benchmarking.official import register_official_check
 
 from . import benchmark, official
 from .config import add_apinet_config

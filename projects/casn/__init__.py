@@ -12,7 +12,7 @@ Registers, through ``plugins`` only:
 See ``projects/casn/README.md``.
 """
 import plugins
-from plugins.benchmarking import register_benchmark
+from plugins.benchmarking.sections import register_benchmark
 
 from . import benchmark
 from .attention import casn_attention_maps

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from plugins.engine import logits_of
-from plugins.hooks import batchnorm_stats_frozen
+from plugins.training.engine import logits_of
+from plugins.training.hooks import batchnorm_stats_frozen
 from plugins.visualization import cam_from_gradients, normalise_maps
 
 

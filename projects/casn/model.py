@@ -24,9 +24,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from plugins.backbones import ResNetTrunk
-from plugins.models import model_builder
-from plugins.precision import fp32
+from plugins.nn.backbones import ResNetTrunk
+from plugins.nn.models import model_builder
+from plugins.training.precision import fp32
 
 BACKBONES = ('ide', 'pcb')
 CASNOutputs = namedtuple('CASNOutputs', ['maps', 'features', 'id_logits', 'siamese'])

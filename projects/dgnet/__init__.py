@@ -16,8 +16,8 @@ Registers, through ``plugins`` only:
 See ``projects/dgnet/README.md``.
 """
 import plugins
-from plugins.benchmarking import register_benchmark
-from plugins.official import register_official_check
+from plugins.benchmarking.sections import register_benchmark
+from plugins.benchmarking.official import register_official_check
 from plugins.visualization import register_appearance_swap
 
 from . import benchmark, official

@@ -37,10 +37,10 @@ from torchreid.reid.engine import Engine
 
 from plugins import AdversarialStepHook, LossTerm, PluginEngine, TeacherDistillationHook
 from plugins.config import lr_scheduler_kwargs
-from plugins.distributed import per_rank_batch
-from plugins.engine import engine_options
-from plugins.hooks import batchnorm_stats_frozen, frozen
-from plugins.schedulers import build_lr_scheduler
+from plugins.training.distributed import per_rank_batch
+from plugins.training.engine import engine_options
+from plugins.training.hooks import batchnorm_stats_frozen, frozen
+from plugins.training.schedulers import build_lr_scheduler
 
 from .networks import (AppearanceEncoder, Generator, MultiScaleDiscriminator, discriminator_loss,
                        generator_adversarial_loss, r1_penalty)

@@ -59,7 +59,7 @@ import torch
 import torch.nn as nn
 
 from plugins import AdversarialStepHook, TeacherDistillationHook
-from plugins.official import Report, compare, copy_parameters, time_side_by_side
+from plugins.benchmarking.official import Report, compare, copy_parameters, time_side_by_side
 
 from . import engine as dgnet_engine
 
@@ -195,7 +195,7 @@ def _random_teacher(folder):
     """A torchreid ``resnet50`` teacher, random, its classifier drawn N(0, 0.1) so that its soft
     labels are far from uniform; saved as a checkpoint for ``teacher.weights``."""
     import plugins
-    from plugins.checkpoint import save_checkpoint
+    from plugins.training.checkpoint import save_checkpoint
     torch.manual_seed(1)
     teacher = plugins.build_model('resnet50', NUM_CLASSES, loss='softmax', pretrained=False)
     with torch.no_grad():
@@ -210,9 +210,9 @@ def build_ours(teacher_weights, dtype=torch.float64, pairs=PAIRS, device='cpu'):
     from torchreid.reid import optim as host_optim
 
     from plugins import config as C
-    from plugins.engine import build_engine
-    from plugins.launch import build_model_from_config, setup_config
-    from plugins.schedulers import build_lr_scheduler
+    from plugins.training.engine import build_engine
+    from plugins.training.launch import build_model_from_config, setup_config
+    from plugins.training.schedulers import build_lr_scheduler
     cfg = setup_config(OUR_CONFIG, ['model.pretrained', 'False', 'teacher.weights', teacher_weights,
                                     'train.seed', str(SEED), 'train.batch_size', str(4 * pairs),
                                     'data.height', str(HEIGHT), 'data.width', str(WIDTH)])

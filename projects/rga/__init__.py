@@ -15,8 +15,8 @@ post-BN logits + batch-hard triplet on the pre-BN feature, the official loss);
 the official warm-up schedule is ``train.warmup_epochs``. See ``projects/rga/README.md``.
 """
 import plugins
-from plugins.benchmarking import register_benchmark
-from plugins.official import register_official_check
+from plugins.benchmarking.sections import register_benchmark
+from plugins.benchmarking.official import register_official_check
 
 from . import benchmark, official
 from .model import rga_attention_maps, rga_c_resnet50, rga_s_resnet50, rga_sc_resnet50

@@ -11,7 +11,7 @@ Registers, through ``plugins`` only:
 See ``projects/scal/README.md``.
 """
 import plugins
-from plugins.benchmarking import register_benchmark
+from plugins.benchmarking.sections import register_benchmark
 
 from . import benchmark
 from .config import add_scal_config

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from plugins import CriticUpdateHook, PluginEngine
-from plugins.engine import accuracy, engine_options, logits_of, reid_loss_terms
+from plugins.training.engine import accuracy, engine_options, logits_of, reid_loss_terms
 
 from .model import Critic, critic_state
 

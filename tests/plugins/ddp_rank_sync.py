@@ -13,8 +13,8 @@ import sys
 
 import torch
 
-from plugins import distributed
-from plugins.launch import build_run, setup_config
+from plugins.training import distributed
+from plugins.training.launch import build_run, setup_config
 
 STEPS = 2
 

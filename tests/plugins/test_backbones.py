@@ -2,8 +2,8 @@ import pytest
 import torch
 import torchvision
 
-from plugins.backbones import ResNetTrunk
-from plugins.pretrained import PretrainedWeightsNotFound
+from plugins.nn.backbones import ResNetTrunk
+from plugins.nn.pretrained import PretrainedWeightsNotFound
 
 
 def test_trunk_shapes_and_last_stride():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchreid.reid.utils import load_pretrained_weights, resume_from_checkpoint
 
-from plugins.checkpoint import atomic_save, load_checkpoint, save_checkpoint
+from plugins.training.checkpoint import atomic_save, load_checkpoint, save_checkpoint
 from tests.conftest import TinyReIDNet
 
 

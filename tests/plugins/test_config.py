@@ -149,7 +149,7 @@ def test_removed_key_says_why(tmp_path):
 
 
 def test_bf16_on_a_gpu_without_it_fails_at_config_time(monkeypatch):
-    from plugins import launch
+    from plugins.training import launch
     monkeypatch.setattr(launch, 'gpu_has_bf16', lambda: False)
     monkeypatch.setattr(launch.torch.cuda, 'get_device_name', lambda *a: 'Tesla V100-SXM2-16GB')
     cfg = get_default_config()

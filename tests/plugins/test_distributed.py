@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-from plugins.checkpoint import load_checkpoint
-from plugins.distributed import BatchShard, GradientAverager, local_device_index
-from plugins.samplers import PKSampler, PairwiseSampler
+from plugins.training.checkpoint import load_checkpoint
+from plugins.training.distributed import BatchShard, GradientAverager, local_device_index
+from plugins.data.samplers import PKSampler, PairwiseSampler
 
 from conftest import REPO, TINY_SYNTHREID
 

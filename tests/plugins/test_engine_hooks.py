@@ -3,9 +3,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from plugins.checkpoint import save_checkpoint
-from plugins.engine import LossTerm, PluginEngine
-from plugins.hooks import (AdversarialStepHook, CriticUpdateHook, Hook, TeacherDistillationHook,
+from plugins.training.checkpoint import save_checkpoint
+from plugins.training.engine import LossTerm, PluginEngine
+from plugins.training.hooks import (AdversarialStepHook, CriticUpdateHook, Hook, TeacherDistillationHook,
                            frozen)
 from tests.conftest import FakeDataManager, TinyReIDNet, changed, snapshot
 
@@ -126,7 +126,7 @@ def test_adversarial_hook_generator_term_never_moves_d(tiny_batch):
 
 
 def save_teacher(tmp_path, model_name='resnet18', num_classes=4):
-    from plugins.models import build_model
+    from plugins.nn.models import build_model
     torch.manual_seed(1)
     teacher = build_model(model_name, num_classes, loss='triplet', pretrained=False)
     return save_checkpoint({'state_dict': teacher.state_dict(), 'epoch': 1}, str(tmp_path / 'teacher'))

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from plugins import evaluation
-from plugins.benchmarking import load_pristine_host_rank
-from plugins.evaluation import (
+from plugins.evaluation import protocol as evaluation
+from plugins.benchmarking.sections import load_pristine_host_rank
+from plugins.evaluation.protocol import (
     average_query_expansion, eval_cuhk03, evaluate_rank, evaluate_rank_full, flip_averaged,
     patch_host_cuhk03_metric
 )
@@ -235,7 +235,7 @@ def test_benchmark_evaluation_section(tmp_path):
 @pytest.mark.parametrize('metric', ['euclidean', 'cosine'])
 def test_chunked_distance_matrix_equals_the_host(metric):
     from torchreid.reid.metrics.distance import compute_distance_matrix as host
-    from plugins.evaluation import compute_distance_matrix
+    from plugins.evaluation.protocol import compute_distance_matrix
     torch.manual_seed(0)
     qf, gf = torch.randn(37, 16), torch.randn(101, 16)
     ours = compute_distance_matrix(qf, gf, metric, device='cpu', chunk_rows=5)

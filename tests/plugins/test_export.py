@@ -18,12 +18,12 @@ from PIL import Image
 from torchreid.reid.utils import FeatureExtractor
 
 import plugins
-from plugins import evaluation
-from plugins.checkpoint import save_checkpoint
+from plugins.evaluation import protocol as evaluation
+from plugins.training.checkpoint import save_checkpoint
 from plugins.export import (FP16_RTOL, FP32_RTOL, ExportError, ExportParityError,
                             OnnxFeatureExtractor, check_parity, export_onnx, read_metadata,
                             training_only_initializers, training_only_parameters)
-from plugins.launch import build_datamanager, setup_config
+from plugins.training.launch import build_datamanager, setup_config
 from tests.conftest import TINY_SYNTHREID, load_tool, run_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -5,7 +5,7 @@ import torch.nn as nn
 from torchreid.reid.utils import compute_model_complexity
 
 import plugins
-from plugins.flops import count_macs
+from plugins.nn.flops import count_macs
 
 
 class ConvMatmulLinear(nn.Module):

@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 from torchreid.reid.utils import open_all_layers
 
-from plugins.heads import BNNeck, ReIDHead, convert_sync_batchnorm
+from plugins.nn.heads import BNNeck, ReIDHead, convert_sync_batchnorm
 
 
 def test_bnneck_recomputation_matches_forward_and_keeps_running_stats():

@@ -7,7 +7,7 @@ import torchreid
 from torchreid.reid.data import ImageDataManager
 
 import plugins
-from plugins.host_fixes import install_host_fixes
+from plugins.host.fixes import install_host_fixes
 from tests.conftest import REPO
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torchreid.reid.losses import CrossEntropyLoss, TripletLoss
 
-from plugins.losses import BatchHardTriplet, CrossEntropyLabelSmooth
+from plugins.nn.losses import BatchHardTriplet, CrossEntropyLabelSmooth
 
 
 def grads_of(loss_fn, x, *args):

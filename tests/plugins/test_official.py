@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from plugins import official
-from plugins.official import Report, compare, official_code
+from plugins.benchmarking import official
+from plugins.benchmarking.official import Report, compare, official_code
 from tests.conftest import load_tool
 
 FAKE_OFFICIAL = '''

@@ -5,9 +5,9 @@ import torch.nn.functional as F
 
 import plugins
 from plugins import AdversarialStepHook, PluginEngine
-from plugins.checkpoint import load_checkpoint
-from plugins.engine import cross_entropy_term
-from plugins.precision import Precision
+from plugins.training.checkpoint import load_checkpoint
+from plugins.training.engine import cross_entropy_term
+from plugins.training.precision import Precision
 from tests.conftest import FakeDataManager, TinyReIDNet, amp_step
 
 
@@ -76,7 +76,7 @@ def test_channels_last_model_and_batches(tiny_batch):
 
 
 def test_fused_steps_skip_on_a_device_flag_and_survive_loading_an_unfused_state():
-    from plugins.precision import step_unless, use_fused_step
+    from plugins.training.precision import step_unless, use_fused_step
     param = torch.nn.Parameter(torch.ones(3))
     plain = torch.optim.Adam([param], lr=0.1)
     param.grad = torch.ones(3)
@@ -98,7 +98,7 @@ def test_fused_steps_skip_on_a_device_flag_and_survive_loading_an_unfused_state(
 def test_fused_sgd_after_a_skipped_first_step_and_across_fixbase_equals_plain_sgd():
     """Fused SGD writes no momentum buffer on a skipped first step, and cannot step a group
     whose parameters only partly have buffers: both are handled by zero buffers."""
-    from plugins.precision import step_unless, use_fused_step
+    from plugins.training.precision import step_unless, use_fused_step
     torch.manual_seed(0)
     head, trunk = torch.nn.Parameter(torch.randn(3)), torch.nn.Parameter(torch.randn(3))
     twin = [torch.nn.Parameter(p.detach().clone()) for p in (head, trunk)]

@@ -7,8 +7,8 @@ import torch
 
 import plugins
 from plugins import discovery
-from plugins.models import build_model
-from plugins.pretrained import PretrainedWeightsNotFound
+from plugins.nn.models import build_model
+from plugins.nn.pretrained import PretrainedWeightsNotFound
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_installed_projects_are_discovered_and_register_themselves(install_proje
         assert plugins.load_projects()['demo_project'] is loaded['demo_project']  # once only
     finally:
         if 'demo_project_net' in plugins.MODELS:
-            plugins.models.unregister_model('demo_project_net')
+            plugins.nn.models.unregister_model('demo_project_net')
 
 
 def test_broken_project_is_reported_by_name(install_project):

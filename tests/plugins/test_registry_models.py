@@ -4,8 +4,8 @@ import torchreid
 from torchreid.reid.utils import FeatureExtractor
 
 import plugins
-from plugins.checkpoint import save_checkpoint
-from plugins.models import build_model, register_model, unregister_model
+from plugins.training.checkpoint import save_checkpoint
+from plugins.nn.models import build_model, register_model, unregister_model
 from plugins.registry import Registry
 from tests.conftest import TinyReIDNet
 
@@ -77,7 +77,7 @@ def test_model_builder_exposes_the_class_options_and_fixes_the_variant():
 
     import torch.nn as nn
 
-    from plugins.models import model_builder
+    from plugins.nn.models import model_builder
 
     class Net(nn.Module):
         def __init__(self, num_classes, loss='softmax', variant='a', height=256, width=128,
@@ -101,7 +101,7 @@ def test_model_builder_exposes_the_class_options_and_fixes_the_variant():
 
 
 def test_register_models_registers_each_builder_and_its_attention_maps():
-    from plugins.models import register_models
+    from plugins.nn.models import register_models
     from plugins.visualization import ATTENTION_MAPS
 
     def maps(model, images):

@@ -5,7 +5,8 @@ import torch
 from PIL import Image
 from torchreid.reid.utils import re_ranking as host_re_ranking
 
-from plugins import evaluation, rerank
+from plugins.evaluation import protocol as evaluation
+from plugins.evaluation import rerank
 
 
 def host(query, gallery, metric='euclidean', k1=20, k2=6, lambda_value=0.3):

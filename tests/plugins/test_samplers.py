@@ -1,4 +1,4 @@
-"""Tests for plugins.samplers: batch composition, epoch length, determinism and the
+"""Tests for plugins.data.samplers: batch composition, epoch length, determinism and the
 hook into torchreid's sampler builder. Synthetic data sources only, no images."""
 
 import random
@@ -15,8 +15,8 @@ import torchreid.reid.data.datasets as host_datasets
 import torchreid.reid.data.sampler as host_sampler
 from torchreid.reid.data import ImageDataManager, ImageDataset
 
-from plugins import samplers
-from plugins.samplers import (
+from plugins.data import samplers
+from plugins.data.samplers import (
     SAMPLERS, PairwiseSampler, PKSampler, build_train_sampler, install, pair_labels,
     register_sampler, set_sampler_options
 )

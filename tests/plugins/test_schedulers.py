@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from plugins import config as C
-from plugins.schedulers import build_lr_scheduler
+from plugins.training.schedulers import build_lr_scheduler
 
 
 def rates(scheduler, optimizer, epochs):

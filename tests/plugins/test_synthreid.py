@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from plugins.datasets import synthreid
+from plugins.data.datasets import synthreid
 
 TINY = dict(seed=3, num_train_ids=8, num_test_ids=6, num_cams=3, cams_per_id=[2, 3],
             images_per_id_per_cam=[1, 3], query_per_id=2, num_distractors=10, num_junk=5, height=64, width=32)

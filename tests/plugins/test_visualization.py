@@ -10,9 +10,9 @@ from PIL import Image
 
 import plugins  # noqa: F401  (registers synthreid)
 from plugins import visualization as V
-from plugins.datasets import synthreid
-from plugins.launch import build_datamanager, setup_config
-from plugins.models import build_model
+from plugins.data.datasets import synthreid
+from plugins.training.launch import build_datamanager, setup_config
+from plugins.nn.models import build_model
 from tests.conftest import TINY_SYNTHREID, load_tool, run_tool, snapshot
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -187,7 +187,7 @@ def test_grad_cam_on_torchreid_models(name, layer, size):
 
 def test_grad_cam_on_a_registered_triplet_model():
     """A plugin model built through the registry; training output (logits, features)."""
-    from plugins.models import register_model, unregister_model
+    from plugins.nn.models import register_model, unregister_model
     from tests.conftest import TinyReIDNet
 
     register_model('tiny_vis_net', lambda num_classes, loss='softmax', pretrained=True, use_gpu=True:

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 import plugins
-from plugins.launch import build_run, setup_config
+from plugins.training.launch import build_run, setup_config
 from projects.apinet.engine import build_apinet_engine
 from tests.conftest import amp_step
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from plugins.official import copy_parameters
+from plugins.benchmarking.official import copy_parameters
 from projects.apinet import official
 from projects.apinet.losses import pair_cross_entropy, score_ranking_loss
 from projects.apinet.model import APINet

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 import plugins
 from plugins.export import check_parity, export_onnx, training_only_parameters
-from plugins.launch import setup_config
-from plugins.samplers import pair_labels
+from plugins.training.launch import setup_config
+from plugins.data.samplers import pair_labels
 from projects.casn.attention import (aligned_attention, differentiable_cam,
                                      identification_attention_loss, siamese_attention_loss,
                                      soft_mask)

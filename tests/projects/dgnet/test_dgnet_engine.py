@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import plugins
-from plugins.checkpoint import save_checkpoint
-from plugins.hooks import AdversarialStepHook, TeacherDistillationHook, batchnorm_stats_frozen
+from plugins.training.checkpoint import save_checkpoint
+from plugins.training.hooks import AdversarialStepHook, TeacherDistillationHook, batchnorm_stats_frozen
 from projects.dgnet.engine import random_erase
 from projects.dgnet.networks import AppearanceEncoder
 

@@ -297,8 +297,8 @@ def test_retrieval_ranking_is_the_official_score():
 def test_flip_merges_as_the_official_test_does():
     """Official ``test_2label.py``: per pass, each half normalised; the two passes summed;
     each half normalised again. Ours through the engine's flip path and the config."""
-    from plugins import evaluation
-    from plugins.launch import setup_config
+    from plugins.evaluation import protocol as evaluation
+    from plugins.training.launch import setup_config
     torch.manual_seed(0)
     model = AppearanceEncoder(6).eval()
     images = torch.randn(5, 3, 64, 32)

@@ -6,8 +6,8 @@ import torch
 import torchreid
 
 import plugins
-from plugins.benchmarking import step_engine
-from plugins.pretrained import PretrainedWeightsNotFound
+from plugins.benchmarking.sections import step_engine
+from plugins.nn.pretrained import PretrainedWeightsNotFound
 from projects.rga.model import RGANet, rga_attention_maps
 from projects.rga.modules import RGAModule, relation_features
 from projects.rga.reference import reference_forward, reference_rga

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from plugins.official import copy_parameters
+from plugins.benchmarking.official import copy_parameters
 from projects.rga.model import RGANet
 from projects.rga.official import mapped_pairs, official_name
 from tests.conftest import load_tool

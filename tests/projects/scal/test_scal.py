@@ -7,8 +7,8 @@ import torch
 
 import plugins
 from plugins.export import check_parity, export_onnx, training_only_parameters
-from plugins.hooks import batchnorm_stats_frozen
-from plugins.launch import setup_config
+from plugins.training.hooks import batchnorm_stats_frozen
+from plugins.training.launch import setup_config
 from projects.scal.engine import STEP_KEY, build_scal_engine, rewards
 from projects.scal.model import (ChannelAgent, SCALNet, SpatialAgent, critic_state,
                                  scal_attention_maps)

@@ -15,8 +15,8 @@ import inspect
 
 from torchreid.reid import models as host_models
 
-from .pretrained import offline_pretrained
-from .registry import Registry
+from plugins.nn.pretrained import offline_pretrained
+from plugins.registry import Registry
 
 MODELS = Registry('model')
 
@@ -44,7 +44,7 @@ def register_model(name, builder=None):
 def register_models(builders, attention_maps=None):
     """Register every ``name: builder`` of ``builders``; with ``attention_maps`` (see
     :func:`plugins.visualization.register_attention_maps`), expose it for each of them."""
-    from .visualization import register_attention_maps
+    from plugins.visualization import register_attention_maps
 
     for name, builder in builders.items():
         register_model(name, builder)
@@ -98,7 +98,7 @@ def build_model(name, num_classes, loss='softmax', pretrained=True, use_gpu=True
     Extras a builder does not name are dropped, so one call site serves
     torchreid's built-ins and every plugin model. ImageNet weights come from
     ``pretrained_path`` or torch's cache, never from the network
-    (:func:`plugins.pretrained.offline_pretrained`).
+    (:func:`plugins.nn.pretrained.offline_pretrained`).
     """
     if name not in _HOST_FACTORY:
         raise KeyError('Unknown model: {!r}. Available: {}'.format(name, available_models()))

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torchreid.reid.utils import feature_extractor as host_extractor
 
-from . import rerank as rerank_module
+from plugins.evaluation import rerank as rerank_module
 
 # Rows per chunk are chosen so one chunk holds about this many (query, gallery)
 # cells: a few 8-byte arrays of this size stay around 100 MB at Market scale.
@@ -303,7 +303,7 @@ def distances(query, gallery, dist_metric='euclidean', normalize_feature=False, 
               aqe_alpha=3.0, device='cpu'):
     """The query x gallery distance matrix (numpy) of the engine's evaluation: optional L2
     normalisation, query expansion (:func:`average_query_expansion`, on normalised
-    features), the metric, then k-reciprocal re-ranking (:func:`plugins.rerank.re_ranking`,
+    features), the metric, then k-reciprocal re-ranking (:func:`plugins.evaluation.rerank.re_ranking`,
     equal to the host's, in chunks of ``rerank_chunk`` rows, 0 for automatic) on ``device``."""
     if normalize_feature:
         query, gallery = (torch.nn.functional.normalize(x, dim=1) for x in (query, gallery))

@@ -1,7 +1,7 @@
 """Shared backbones for the projects, with ImageNet weights from local files only.
 
 Every ResNet-based project builds its trunk here, so ImageNet initialisation
-has one loader (:func:`plugins.pretrained.find_weights_file`): it accepts the
+has one loader (:func:`plugins.nn.pretrained.find_weights_file`): it accepts the
 torchvision checkpoint layouts (``resnet50-19c8e357.pth``, ``resnet50-0676ba61.pth``,
 ``resnet50-11ad3fa6.pth``; same parameter names) and fails with a message
 naming the expected file when none is found.
@@ -9,7 +9,7 @@ naming the expected file when none is found.
 import torch.nn as nn
 import torchvision
 
-from .pretrained import find_weights_file, load_matching_weights
+from plugins.nn.pretrained import find_weights_file, load_matching_weights
 
 IMAGENET_FILES = {
     'resnet50': ['resnet50-19c8e357.pth', 'resnet50-0676ba61.pth', 'resnet50-11ad3fa6.pth'],

@@ -21,8 +21,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_weights_strict
-from .registry import Registry
+from plugins.training.checkpoint import load_weights_strict
+from plugins.registry import Registry
 
 HOOKS = Registry('hook')
 
@@ -262,7 +262,7 @@ class TeacherDistillationHook(Hook):
     @classmethod
     def from_checkpoint(cls, model_name, weights, num_classes, **kwargs):
         """Build ``model_name`` and load a local torchreid checkpoint into it, strictly."""
-        from .models import build_model
+        from plugins.nn.models import build_model
 
         teacher = build_model(model_name, num_classes, loss='triplet', pretrained=False)
         try:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .registry import Registry
+from plugins.registry import Registry
 
 OFFICIAL_CHECKS = Registry('official check')
 OfficialCheck = namedtuple('OfficialCheck', ['repository', 'markers', 'run', 'time'],

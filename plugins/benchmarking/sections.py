@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torchreid.reid.utils import compute_model_complexity
 
-from .evaluation import evaluate_rank_full, read_metrics
-from .flops import count_macs
-from .registry import Registry
+from plugins.evaluation.protocol import evaluate_rank_full, read_metrics
+from plugins.nn.flops import count_macs
+from plugins.registry import Registry
 
 BENCHMARKS = Registry('benchmark section')
 Section = namedtuple('Section', ['run', 'markdown'])
@@ -79,8 +79,8 @@ def step_engine(model, num_classes, engine_name='triplet', use_gpu=False, opts=(
 
     ``opts``: config ``KEY VALUE`` overrides applied last (a project's loss weights, say).
     """
-    from .config import get_default_config, merge_from_list
-    from .engine import build_engine
+    from plugins.config import get_default_config, merge_from_list
+    from plugins.training.engine import build_engine
 
     cfg = get_default_config()
     cfg.use_gpu = use_gpu
@@ -172,7 +172,7 @@ def measure_costs(engine, cfg, onnx_path=None, steps=5):
 def onnx_inference_time(model, cfg, path, images, steps=5):
     import onnxruntime as ort
 
-    from .export import export_onnx
+    from plugins.export import export_onnx
 
     export_onnx(model, path, cfg.data.height, cfg.data.width, cfg.data.norm_mean,
                 cfg.data.norm_std, model_name=cfg.model.name)
@@ -191,7 +191,7 @@ def evaluate_engine(engine, cfg, run_dir):
     without ``test.flip`` and ``test.rerank`` (keys suffixed ``_flip``, ``_rerank``,
     ``_flip_rerank``), each timed. The numbers are read back from the lines the engine's
     evaluation appends to ``<run_dir>/metrics.jsonl``, the table's one source."""
-    from .config import evaluation_kwargs
+    from plugins.config import evaluation_kwargs
 
     name = list(engine.test_loader.keys())[0]
     engine.test_loader = {name: engine.test_loader[name]}
@@ -212,7 +212,7 @@ def rerank_cost(num_query, num_gallery, dim, implementation, seed=0):
     features; run it in a subprocess (:func:`call_in_subprocess`). Returns the distances too."""
     from torchreid.reid.utils import re_ranking as host_re_ranking
 
-    from .rerank import HOST_DISTANCE, re_ranking
+    from plugins.evaluation.rerank import HOST_DISTANCE, re_ranking
 
     generator = torch.Generator().manual_seed(seed)
     query = torch.randn(num_query, dim, generator=generator)
@@ -246,7 +246,7 @@ def markdown_rerank(result):
         'Random {num_query} query x {num_gallery} gallery features of dimension {dim}, '
         'each implementation in its own process; peak resident memory of that process. '
         'Host: torchreid `re_ranking` on its three distance matrices; ours: '
-        '`plugins.rerank.re_ranking` from the features, in row chunks.'.format(**result),
+        '`plugins.evaluation.rerank.re_ranking` from the features, in row chunks.'.format(**result),
         '',
         '| | time (s) | peak memory (MiB) |',
         '|---|---:|---:|',
@@ -357,7 +357,7 @@ def markdown_evaluation(result):
         '',
         'Problem: {num_query} x {num_gallery}, max_rank {max_rank}; rank-1 {rank1:.4f}, '
         'mAP {mAP:.4f}, mINP {mINP:.4f}. Host: torchreid Python `eval_market1501` '
-        '(run once); ours: `plugins.evaluation`, best of {ours_repeats}.'.format(**result),
+        '(run once); ours: `plugins.evaluation.protocol`, best of {ours_repeats}.'.format(**result),
         '',
         '| host (s) | ours (s) | speed-up | max abs diff CMC | abs diff mAP |',
         '|---:|---:|---:|---:|---:|',
@@ -405,7 +405,7 @@ def train_for_budget(engine, cfg, epochs, run_dir, state, on_epoch=None):
 
 
 def _call_and_put(fn, args, queue):
-    from .launch import keep_freed_host_memory
+    from plugins.training.launch import keep_freed_host_memory
 
     keep_freed_host_memory()  # the allocator setting of the benchmark's own process
     queue.put(fn(*args))
@@ -438,7 +438,7 @@ def call_in_subprocess(fn, *args):
 
 def costs_of_config(config_file, opts, root, onnx_path):
     """:func:`measure_costs` of a config's freshly built run (call it in a subprocess)."""
-    from .launch import build_run, setup_config
+    from plugins.training.launch import build_run, setup_config
 
     cfg = setup_config(config_file, opts, root=root)
     return measure_costs(build_run(cfg, verbose=False), cfg, onnx_path)
@@ -463,7 +463,7 @@ def run_opts(args, run_dir):
 
 def bench_models(args, previous, save):
     """Train every config for the same epochs, then evaluate and measure its costs."""
-    from .launch import build_run, setup_config
+    from plugins.training.launch import build_run, setup_config
 
     result = previous or {'epochs': args.epochs, 'dataset': args.dataset or 'each config\'s own',
                           'runs': {}}
@@ -547,7 +547,7 @@ def markdown_models(result):
              'counts the layers it hooks as they are called, so it misses weights a module reads '
              'without calling their layer and matrix products (RGA\'s relations). GMACs are '
              'counted by `torch.utils.flop_counter` over the same eval forward: every '
-             'convolution, matrix product and attention kernel that runs (`plugins.flops`). '
+             'convolution, matrix product and attention kernel that runs (`plugins.nn.flops`). '
              'Training-only heads are in neither.'.format(
                  ', '.join(sorted(kinds)) or 'not measured'),
              '',
@@ -608,9 +608,9 @@ def bench_engine(args, previous, save):
     from torch.utils.tensorboard import SummaryWriter
     from torchreid.reid.engine import ImageTripletEngine
 
-    from .launch import build_datamanager, setup_config
-    from .engine import build_engine
-    from .models import build_model
+    from plugins.training.launch import build_datamanager, setup_config
+    from plugins.training.engine import build_engine
+    from plugins.nn.models import build_model
 
     if previous and previous.get('status') == 'done':
         return previous

@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint
+from plugins.training.checkpoint import load_checkpoint
 
 _TAG = re.compile(r'^model\.pth\.tar-(\d+)(?:\+iter(\d+))?$')
 

@@ -3,26 +3,30 @@
 Each fix replaces one host name with ours and has a test in ``tests/plugins``:
 
 * checkpoints: ``weights_only`` loading with a numpy-scalar allow-list, plain
-  numbers and atomic writes when saving (:mod:`plugins.checkpoint`);
+  numbers and atomic writes when saving (:mod:`plugins.training.checkpoint`);
 * evaluation: the engine's ``metrics.evaluate_rank`` becomes our vectorised
   one (same results; the wheel has no compiled evaluation), its distance
   matrix is computed on the GPU when there is one, and the CUHK03
   metric stops using ``np.bool`` (missing in numpy 1.24-1.26, an alias again
-  since numpy 2) (:mod:`plugins.evaluation`);
+  since numpy 2) (:mod:`plugins.evaluation.protocol`);
 * samplers: ``build_train_sampler`` also builds registered samplers
-  (:mod:`plugins.samplers`);
-* datasets: ``synthreid`` is registered (:mod:`plugins.datasets`), and a
+  (:mod:`plugins.data.samplers`);
+* datasets: ``synthreid`` is registered (:mod:`plugins.data.datasets`), and a
   missing dataset folder is an error naming it instead of a download attempt
   (:func:`offline_dataset_check`);
 * images: an unreadable image is an error naming the file instead of an
-  endless retry, or is skipped with ``data.skip_bad_images`` (:mod:`plugins.images`).
+  endless retry, or is skipped with ``data.skip_bad_images`` (:mod:`plugins.data.images`).
 """
 import os.path as osp
 
 from torchreid.reid import metrics
 from torchreid.reid.data.datasets.dataset import Dataset
 
-from . import checkpoint, datasets, evaluation, images, samplers
+from plugins.training import checkpoint
+from plugins.data import datasets
+from plugins.evaluation import protocol as evaluation
+from plugins.data import images
+from plugins.data import samplers
 
 EXAMPLE_LAYOUT = ('market1501/Market-1501-v15.09.15/{bounding_box_train,query,bounding_box_test}/'
                   '*.jpg for market1501')

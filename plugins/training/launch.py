@@ -15,17 +15,19 @@ from torchreid.reid import optim as host_optim
 from torchreid.reid.utils import (compute_model_complexity, load_pretrained_weights,
                                   set_random_seed)
 
-from . import config as C
-from . import distributed, evaluation, samplers
-from .checkpoint import load_weights_strict
-from .datasets import synthreid
-from .engine import build_engine
-from .flops import count_macs
-from .heads import convert_sync_batchnorm
-from .models import build_model
-from .resilience import latest_checkpoint
-from .samplers import set_sampler_options
-from .schedulers import build_lr_scheduler
+from plugins import config as C
+from plugins.training import distributed
+from plugins.evaluation import protocol as evaluation
+from plugins.data import samplers
+from plugins.training.checkpoint import load_weights_strict
+from plugins.data.datasets import synthreid
+from plugins.training.engine import build_engine
+from plugins.nn.flops import count_macs
+from plugins.nn.heads import convert_sync_batchnorm
+from plugins.nn.models import build_model
+from plugins.training.resilience import latest_checkpoint
+from plugins.data.samplers import set_sampler_options
+from plugins.training.schedulers import build_lr_scheduler
 
 
 def setup_config(config_file='', opts=(), root='', sources=None, targets=None, transforms=None):

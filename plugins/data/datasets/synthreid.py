@@ -16,7 +16,7 @@ jitter, clutter and occlusion.
 
 Usage::
 
-    from plugins.datasets import synthreid
+    from plugins.data.datasets import synthreid
     synthreid.register()                    # once: makes 'synthreid' a torchreid source
     synthreid.configure(num_train_ids=50)   # optional, before building the datamanager
     ImageDataManager(root='reid-data', sources='synthreid', ...)
@@ -38,7 +38,7 @@ from torchreid.reid.data import register_image_dataset
 from torchreid.reid.data.datasets.dataset import ImageDataset
 from torchreid.reid.data.datasets.image.market1501 import Market1501
 
-from .. import distributed
+from plugins.training import distributed
 
 NAME = 'synthreid'
 

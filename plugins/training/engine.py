@@ -24,14 +24,15 @@ from torchreid.reid import metrics
 from torchreid.reid.engine import Engine
 from torchreid.reid.utils import visualize_ranked_results
 
-from . import distributed, evaluation
-from .checkpoint import load_checkpoint, plain, save_checkpoint
-from .evaluation import set_distance_device
-from .hooks import TeacherDistillationHook
-from .losses import BatchHardTriplet, CrossEntropyLabelSmooth
-from .precision import Precision, step_unless, use_fused_step
-from .registry import Registry
-from .resilience import (NonFiniteLossError, StopOnSignal, TrainingInterrupted, checkpoint_name,
+from plugins.training import distributed
+from plugins.evaluation import protocol as evaluation
+from plugins.training.checkpoint import load_checkpoint, plain, save_checkpoint
+from plugins.evaluation.protocol import set_distance_device
+from plugins.training.hooks import TeacherDistillationHook
+from plugins.nn.losses import BatchHardTriplet, CrossEntropyLabelSmooth
+from plugins.training.precision import Precision, step_unless, use_fused_step
+from plugins.registry import Registry
+from plugins.training.resilience import (NonFiniteLossError, StopOnSignal, TrainingInterrupted, checkpoint_name,
                          nondeterministic_kernels_reported, rng_state, set_rng_state)
 
 ENGINES = Registry('engine')
@@ -57,20 +58,20 @@ class PluginEngine(Engine):
     and LR stepping are kept; the epoch loop is ours (:meth:`run`, :meth:`train`)
     because it adds what the host's lacks:
 
-    * data parallel training under torchrun (:mod:`plugins.distributed`): every
+    * data parallel training under torchrun (:mod:`plugins.training.distributed`): every
       registered network starts from rank 0's weights and its gradients are
       averaged over the ranks after each backward
-      (:class:`~plugins.distributed.GradientAverager`), whatever the step does
+      (:class:`~plugins.training.distributed.GradientAverager`), whatever the step does
       with it; rank 0 alone logs, evaluates, saves;
-    * mixed precision (``amp``: :mod:`plugins.precision`) for every network's step;
+    * mixed precision (``amp``: :mod:`plugins.training.precision`) for every network's step;
     * no host synchronisation per step: losses are summed on the device, and the
       non-finite and gradient-pattern flags kept there, all read at ``print_freq``
       (optimisers use fused kernels that skip a step on a device flag);
     * a step with a non-finite loss term is skipped and counted; when a read finds
       that ``nonfinite_patience`` such steps came in a row, a checkpoint is saved
-      and :class:`~plugins.resilience.NonFiniteLossError` names the term;
+      and :class:`~plugins.training.resilience.NonFiniteLossError` names the term;
     * SIGINT/SIGTERM save a checkpoint of everything (with the iteration and RNG
-      state) and raise :class:`~plugins.resilience.TrainingInterrupted`; resuming
+      state) and raise :class:`~plugins.training.resilience.TrainingInterrupted`; resuming
       from it continues the same epoch where it stopped.
 
     Args:
@@ -78,7 +79,7 @@ class PluginEngine(Engine):
         loss_terms (list[LossTerm]): terms of the main loss; a zero weight skips a term.
             The main loss steps ``main_optimizers`` (the model's optimiser; engines that
             train several networks jointly append theirs).
-        hooks (list[Hook]): see :class:`plugins.hooks.Hook` for the stage order.
+        hooks (list[Hook]): see :class:`plugins.training.hooks.Hook` for the stage order.
         metric_fns (dict): ``name -> fn(engine, batch, outputs)`` logged each step, not trained.
         amp (str): '' (fp32), 'bf16' or 'fp16'.
         nonfinite_patience (int): non-finite steps in a row before stopping (checked
@@ -250,7 +251,7 @@ class PluginEngine(Engine):
         """Read the device flags of the steps since the last read (with the logged losses).
 
         Updates ``skipped_steps`` and ``nonfinite_in_a_row``. Raises, after saving a
-        checkpoint, :class:`~plugins.resilience.NonFiniteLossError` when
+        checkpoint, :class:`~plugins.training.resilience.NonFiniteLossError` when
         ``nonfinite_patience`` non-finite steps came in a row, and ``RuntimeError``
         when some parameter had a gradient on some ranks only (their weights would
         drift apart). Called on every rank: the flags agree, and saving is collective.

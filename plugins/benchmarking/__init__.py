@@ -1,0 +1,1 @@
+"""Measurement: benchmark sections, timing helpers and the checks against official code."""

@@ -1,0 +1,1 @@
+"""Data: datasets (synthreid, the Market-1501 subset), samplers and image decoding."""

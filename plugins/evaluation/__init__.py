@@ -1,0 +1,1 @@
+"""Evaluation: distances, rank metrics, flip, query expansion, re-ranking and the metrics log."""

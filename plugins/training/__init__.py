@@ -1,0 +1,2 @@
+"""The training loop: engine, loss terms, hooks, mixed precision, distributed data parallel,
+checkpoints, resilience, schedulers and the run launcher."""
