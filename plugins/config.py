@@ -20,17 +20,9 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from plugins.data.datasets import synthreid
-from plugins.registry import Registry
+from plugins.registry import CONFIG_NODES
 
-CONFIG_NODES = Registry('config node')
 BASE_KEY = '_BASE_'
-
-
-def register_config(name, add_fn=None):
-    """Register ``add_fn(cfg)``, which adds the project's keys with defaults."""
-    if add_fn is None:
-        return lambda f: register_config(name, f)
-    return CONFIG_NODES.register(name, add_fn)
 
 
 def _upstream_defaults(cfg):

@@ -23,15 +23,12 @@ import torch
 import torch.nn as nn
 from PIL import Image, ImageDraw, ImageFont
 
-from plugins.registry import Registry
+from plugins.nn.attention import cam_from_gradients, normalise_maps
+from plugins.registry import ATTENTION_MAPS
 
-__all__ = ['APPEARANCE_SWAPS', 'ATTENTION_MAPS', 'attention_maps', 'register_appearance_swap', 'cam_from_gradients', 'conv_layer_names', 'grad_cam',
-           'normalise_maps', 'overlay',
-           'preserved_state', 'read_rgb', 'register_attention_maps', 'resize_to_height', 'save_grid',
-           'save_ranked_results']
+__all__ = ['attention_maps', 'conv_layer_names', 'grad_cam', 'overlay', 'preserved_state', 'read_rgb',
+           'resize_to_height', 'save_grid', 'save_ranked_results']
 
-ATTENTION_MAPS = Registry('attention map')
-APPEARANCE_SWAPS = Registry('appearance swap')
 
 # Modules whose behaviour differs between train and eval mode in ways Grad-CAM must not see.
 _EVAL_ONLY = (nn.modules.batchnorm._NormBase, nn.modules.dropout._DropoutNd)
@@ -68,7 +65,7 @@ def _logit_mode(model):
             m.train(False)
 
 
-def _logits_of(output, loss='softmax'):
+def _class_evidence(output, loss='softmax'):
     """Class logits of a torchreid training-mode output, or None.
 
     ``Tensor`` -> itself; ``(logits, features)`` -> logits; a list of part logits
@@ -184,25 +181,6 @@ def _class_indices(class_idx, n, num_classes, logits):
     return idx
 
 
-def cam_from_gradients(activations, gradients):
-    """Grad-CAM's map from a layer's activations A and the score's gradients dS/dA, (N, h, w).
-
-    ``relu(sum_k w_k A_k)`` with ``w_k = mean_{x,y} dS/dA_k(x, y)`` (Selvaraju et al.,
-    ICCV 2017, eqs. 1-2). Differentiable: with gradients taken with
-    ``create_graph=True`` a loss on the map trains the network (CASN).
-    """
-    weights = gradients.mean(dim=(2, 3), keepdim=True)
-    return torch.relu((weights * activations).sum(dim=1))
-
-
-def normalise_maps(maps):
-    """Min-max normalise each (h, w) map of ``maps`` (N, h, w) to [0, 1]; constant maps -> 0 (differentiable)."""
-    flat = maps.flatten(1)
-    lo = flat.min(dim=1, keepdim=True).values
-    hi = flat.max(dim=1, keepdim=True).values
-    span = hi - lo
-    out = torch.where(span > 0, (flat - lo) / span.clamp_min(1e-12), torch.zeros_like(flat))
-    return out.view_as(maps)
 
 
 def grad_cam(model, images, target_layer=None, class_idx=None, return_info=False):
@@ -267,7 +245,7 @@ def grad_cam(model, images, target_layer=None, class_idx=None, return_info=False
             logits, error = None, None
             _logit_mode(model)
             try:
-                logits = _logits_of(model(x), getattr(model, 'loss', 'softmax'))
+                logits = _class_evidence(model(x), getattr(model, 'loss', 'softmax'))
             except Exception as err:  # e.g. a training forward that needs labels
                 error = err
             usable = logits is not None and logits.dim() == 2 and logits.size(1) > 1
@@ -310,20 +288,8 @@ def grad_cam(model, images, target_layer=None, class_idx=None, return_info=False
 
 
 # ----------------------------------------------------------------------------------------------
-# Attention-map registry
+# Attention maps (a project's registered maps, else Grad-CAM)
 # ----------------------------------------------------------------------------------------------
-def register_attention_maps(model_name, fn=None):
-    """Expose a model's own attention: ``fn(model, images) -> {name: Tensor (N, h, w)}``.
-
-    ``model_name`` is the registered model name (``cfg.model.name``). Also usable as
-    ``@register_attention_maps('my_net')``. A second registration of a name is a
-    ``KeyError`` naming the first owner.
-    """
-    if fn is None:
-        return lambda f: register_attention_maps(model_name, f)
-    return ATTENTION_MAPS.register(model_name, fn)
-
-
 def attention_maps(model_name, model, images, target_layer=None, class_idx=None):
     """``{name: Tensor (N, h, w) in [0, 1]}``: the project's registered maps, else Grad-CAM.
 
@@ -355,18 +321,6 @@ def attention_maps(model_name, model, images, target_layer=None, class_idx=None)
                                             class_idx=class_idx)
     return maps
 
-
-def register_appearance_swap(model_name, fn=None):
-    """Expose a generative model's appearance/structure swap for ``tools/visualize.py swap``.
-
-    ``fn(model, weights, structures, appearances) -> Tensor (S, A, 3, H, W)``: image ``[i, j]``
-    has the structure (pose, background) of ``structures[i]`` and the appearance of
-    ``appearances[j]``, in the input normalisation. ``model`` is the ReID model loaded from
-    the checkpoint ``weights``; the function finds its generator next to it.
-    """
-    if fn is None:
-        return lambda f: register_appearance_swap(model_name, f)
-    return APPEARANCE_SWAPS.register(model_name, fn)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ from PIL import Image
 
 from plugins.benchmarking import sections as benchmarking
 from plugins.evaluation import protocol as evaluation
-from plugins.benchmarking.sections import interleaved_times, latest_checkpoint, median_time, train_for_budget
+from plugins.benchmarking.measure import interleaved_times, median_time
+from plugins.benchmarking.sections import train_for_budget
+from plugins.training.resilience import latest_checkpoint
 from plugins.training.launch import build_run, setup_config
 from tests.conftest import REPO, TINY_SYNTHREID, load_tool
 
@@ -92,7 +94,7 @@ def test_training_budget_resumes_from_the_latest_checkpoint(tmp_path):
 def test_call_in_subprocess_returns_the_child_result_and_reports_a_dead_child():
     import math
 
-    from plugins.benchmarking.sections import call_in_subprocess
+    from plugins.benchmarking.measure import call_in_subprocess
     assert call_in_subprocess(os.getpid) != os.getpid()
     assert call_in_subprocess(math.hypot, 3.0, 4.0) == 5.0
     with pytest.raises(RuntimeError, match='sqrt failed in its subprocess'):

@@ -8,7 +8,7 @@ Usage:
     python tools/benchmark.py --sections evaluation --quick     # small problem, for smoke tests
     python tools/benchmark.py ... --resume                      # continue a half-finished run
 
-Sections come from ``plugins.benchmarking.sections.BENCHMARKS`` (projects add their own):
+Sections come from ``plugins.registry.BENCHMARKS`` (projects add their own):
 ``models`` trains every config for the same epochs and reports accuracy and
 costs; ``evaluation`` compares torchreid's evaluation with ours at Market-1501
 scale. The run writes ``benchmark.json`` (every figure and the environment),
@@ -27,7 +27,8 @@ import time
 import numpy as np
 import torch
 
-from plugins.benchmarking.sections import BENCHMARKS, MARKET_SIZE  # importing plugins loads projects' sections
+from plugins.benchmarking.sections import MARKET_SIZE  # importing it registers the built-in sections
+from plugins.registry import BENCHMARKS  # importing plugins registered the projects' sections
 from plugins.training.launch import keep_freed_host_memory
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

@@ -15,7 +15,7 @@ largest absolute differences (and the largest official values, their scale) and
 exits non-zero when a relative difference exceeds ``--tolerance``. With ``--time`` it
 instead times the official training iteration and ours from the same state and batch,
 in alternating rounds, with each side's peak memory. Methods come from the projects
-(``plugins.benchmarking.official.OFFICIAL_CHECKS``).
+(``plugins.registry.OFFICIAL_CHECKS``).
 """
 import argparse
 import sys
@@ -24,7 +24,8 @@ import torch
 
 import plugins  # noqa: F401  (loads the projects, which register their checks)
 from plugins.training.launch import keep_freed_host_memory
-from plugins.benchmarking.official import OFFICIAL_CHECKS, check_clone, official_code
+from plugins.benchmarking.official import check_clone, official_code
+from plugins.registry import OFFICIAL_CHECKS
 
 
 def parse_args(argv=None):

@@ -190,7 +190,7 @@ def run_attention(args):
         raise UserError(err.args[0]) from None
     batch = torch.stack([dm.preprocess_pil_img(Image.fromarray(img)) for img in originals])
     batch = batch.to(device_of(model))
-    registered = cfg.model.name in V.ATTENTION_MAPS
+    registered = cfg.model.name in plugins.ATTENTION_MAPS
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         try:
@@ -241,9 +241,9 @@ def run_swap(args):
     if args.num_images < 2:
         raise UserError('--num-images must be at least 2')
     cfg, model, dm = load(args)
-    if cfg.model.name not in V.APPEARANCE_SWAPS:
+    if cfg.model.name not in plugins.APPEARANCE_SWAPS:
         raise UserError('Model {!r} has no generator to swap appearances with; models with one: '
-                        '{}'.format(cfg.model.name, sorted(V.APPEARANCE_SWAPS) or 'none installed'))
+                        '{}'.format(cfg.model.name, sorted(plugins.APPEARANCE_SWAPS) or 'none installed'))
     target = cfg.data.targets[0]
     query, seen = [], set()
     for entry in dm.fetch_test_loaders(target)[0]:  # one image per identity
@@ -260,7 +260,7 @@ def run_swap(args):
     images = images.to(device_of(model))
     try:
         with torch.no_grad():
-            grid = V.APPEARANCE_SWAPS.get(cfg.model.name)(model, args.weights, images, images)
+            grid = plugins.APPEARANCE_SWAPS.get(cfg.model.name)(model, args.weights, images, images)
     except (FileNotFoundError, ValueError) as err:
         raise UserError(err.args[0] if err.args else str(err)) from None
     sources = to_rgb_uint8(images, cfg)

@@ -20,24 +20,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from plugins.registry import Registry
-
-OFFICIAL_CHECKS = Registry('official check')
-OfficialCheck = namedtuple('OfficialCheck', ['repository', 'markers', 'run', 'time'],
-                           defaults=(None,))
-OfficialCheck.__doc__ = """``repository``: the official repository (owner/name); ``markers``:
-paths, relative to a clone's root, that identify a clone of it; ``run(code, args) ->
-report``: the check itself, given the imported :class:`OfficialCode` and the tool's
-parsed arguments, returning a :class:`Report`; ``time(code, args) -> report`` (optional):
-the official and our training iteration timed side by side (``--time``)."""
+from plugins.registry import OFFICIAL_CHECKS
 
 Row = namedtuple('Row', ['what', 'max_abs_diff', 'max_abs_value'])
 Row.__doc__ = """One compared quantity: the largest absolute difference between ours and the
 official value, and the largest absolute official value (the scale of the difference)."""
-
-
-def register_official_check(name, repository, markers, run, time=None):
-    return OFFICIAL_CHECKS.register(name, OfficialCheck(repository, tuple(markers), run, time))
 
 
 class Report:

@@ -1,8 +1,8 @@
-"""Measurements for ``tools/benchmark.py``, and the registry of benchmark sections.
+"""The built-in sections of ``tools/benchmark.py``: models, engine, evaluation, re-ranking.
 
 A section is ``run(args, previous, save) -> dict`` plus ``markdown(dict) -> str``;
 projects add their own (e.g. a module against its reference implementation)
-with :func:`register_benchmark`. ``previous`` is the section's result from an
+with :func:`plugins.registry.register_benchmark`. ``previous`` is the section's result from an
 earlier, unfinished run (or None) and ``save(partial)`` records progress in the
 benchmark's JSON, so long sections can resume.
 """
@@ -10,130 +10,20 @@ import glob
 import importlib.util
 import os
 import os.path as osp
-import re
 import time
 import warnings
-from collections import namedtuple
 
 import numpy as np
 import torch
 from torchreid.reid.utils import compute_model_complexity
 
+from plugins.benchmarking.measure import (call_in_subprocess, median_time, peak_rss_mib, reset_peak_rss,
+                                          time_with_peak_memory)
+from plugins.benchmarking.steps import pk_batch
 from plugins.evaluation.protocol import evaluate_rank_full, read_metrics
 from plugins.nn.flops import count_macs
-from plugins.registry import Registry
-
-BENCHMARKS = Registry('benchmark section')
-Section = namedtuple('Section', ['run', 'markdown'])
-
-
-def register_benchmark(name, run, markdown):
-    return BENCHMARKS.register(name, Section(run, markdown))
-
-
-def median_time(fn, steps=5, warmup=2, sync=None):
-    """Median wall time of ``fn()`` in seconds after ``warmup`` untimed calls."""
-    return interleaved_times([fn], steps=steps, warmup=warmup, sync=sync)[0][0]
-
-
-def interleaved_times(fns, steps=5, warmup=1, sync=None):
-    """Median wall time of each of ``fns``, timed in alternating rounds, and per-round ratios.
-
-    Round r runs every function once (in rotated order), so a slow spell of a
-    shared machine hits all of them alike; ``ratios[k]`` is the median over
-    rounds of ``time(fns[k]) / time(fns[0])``, steadier than a ratio of medians
-    measured one after the other. Returns ``(medians, ratios)``.
-    """
-    times = [[] for _ in fns]
-    for r in range(warmup + steps):
-        for k in [(r + i) % len(fns) for i in range(len(fns))]:
-            start = time.perf_counter()
-            fns[k]()
-            if sync is not None:
-                sync()
-            if r >= warmup:
-                times[k].append(time.perf_counter() - start)
-    medians = [float(np.median(t)) for t in times]
-    ratios = [float(np.median([a / b for a, b in zip(t, times[0])])) for t in times]
-    return medians, ratios
-
-
-def pk_batch(batch_size, height, width, num_classes, device, num_instances=4):
-    """A fixed random batch laid out as P identities x K images, so every loss is defined."""
-    g = torch.Generator().manual_seed(0)
-    pids = (torch.arange(batch_size) // num_instances) % max(num_classes, 1)
-    return {'img': torch.randn(batch_size, 3, height, width, generator=g).to(device),
-            'pid': pids.to(device), 'camid': torch.zeros(batch_size, dtype=torch.long)}
-
-
-class NoData:
-    """What torchreid's ``Engine`` reads from a data manager, for steps on a fixed batch."""
-
-    def __init__(self, num_train_pids):
-        self.train_loader, self.test_loader, self.sources = [], {}, []
-        self.num_train_pids = num_train_pids
-
-
-def step_engine(model, num_classes, engine_name='triplet', use_gpu=False, opts=()):
-    """A registered engine around ``model`` (CE + triplet at weight 1, SGD) for timing single steps.
-
-    ``opts``: config ``KEY VALUE`` overrides applied last (a project's loss weights, say).
-    """
-    from plugins.config import get_default_config, merge_from_list
-    from plugins.training.engine import build_engine
-
-    cfg = get_default_config()
-    cfg.use_gpu = use_gpu
-    cfg.engine.name = engine_name
-    cfg.loss.name = 'triplet'
-    cfg.loss.triplet.weight_t = 1.0
-    cfg.loss.triplet.weight_x = 1.0
-    merge_from_list(cfg, list(opts))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    return build_engine(cfg, NoData(num_classes), model, optimizer, None)
-
-
-def _proc_status_mib(field):
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1]) / 1024.0
-    raise KeyError(field)
-
-
-def reset_peak_rss():
-    """Start a new resident-memory high-water mark (Linux); returns the current RSS in MiB.
-
-    ``getrusage``'s maximum survives fork+exec, so a child process would report
-    its parent's peak; ``VmHWM`` belongs to this process and can be reset.
-    """
-    with open('/proc/self/clear_refs', 'w') as f:
-        f.write('5')
-    return _proc_status_mib('VmRSS')
-
-
-def peak_rss_mib():
-    """Resident-memory high-water mark since the last :func:`reset_peak_rss`, in MiB."""
-    return _proc_status_mib('VmHWM')
-
-
-def time_with_peak_memory(fn, device, steps=5, warmup=2, above_current=False):
-    """Median time of ``fn()`` (seconds) and the memory its calls reach (MiB).
-
-    On a GPU: the peak allocated CUDA memory, or its excess over what was allocated
-    before with ``above_current``. On the CPU: the growth of the process's peak
-    resident memory (meaningful in a fresh process).
-    """
-    cuda = torch.device(device).type == 'cuda'
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated() if above_current else 0
-    else:
-        base = reset_peak_rss()
-    seconds = median_time(fn, steps=steps, warmup=warmup, sync=torch.cuda.synchronize if cuda else None)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20 if cuda else peak_rss_mib() - base
-    return seconds, peak
+from plugins.training.resilience import latest_checkpoint
+from plugins.registry import register_benchmark
 
 
 def measure_costs(engine, cfg, onnx_path=None, steps=5):
@@ -370,20 +260,13 @@ register_benchmark('evaluation', lambda args, previous, save: bench_evaluation(
     args.num_query, args.num_gallery, seed=args.seed), markdown_evaluation)
 
 
-def latest_checkpoint(run_dir):
-    """``<run_dir>/model/model.pth.tar-N`` with the largest N, or None."""
-    paths = glob.glob(osp.join(run_dir, 'model', 'model.pth.tar-*'))
-    epochs = [int(m.group(1)) for m in (re.search(r'-(\d+)$', p) for p in paths) if m]
-    return osp.join(run_dir, 'model', 'model.pth.tar-{}'.format(max(epochs))) if epochs else None
-
-
 def train_for_budget(engine, cfg, epochs, run_dir, state, on_epoch=None):
     """Train with the host's per-epoch ``train()``, checkpointing each epoch so a run can resume.
 
     ``state`` holds ``epochs_done`` and ``train_s`` (carried over from an earlier,
     interrupted run); it is updated in place and passed to ``on_epoch``.
     """
-    checkpoint = latest_checkpoint(run_dir)
+    checkpoint = latest_checkpoint(run_dir, engine.get_model_names())
     start = engine.resume(checkpoint) if checkpoint else 0
     state['epochs_done'] = start
     state.setdefault('train_s', 0.0)
@@ -402,38 +285,6 @@ def train_for_budget(engine, cfg, epochs, run_dir, state, on_epoch=None):
             on_epoch(state)
     state['train_img_s'] = images_per_epoch * epochs / max(state['train_s'], 1e-9)
     return state
-
-
-def _call_and_put(fn, args, queue):
-    from plugins.training.launch import keep_freed_host_memory
-
-    keep_freed_host_memory()  # the allocator setting of the benchmark's own process
-    queue.put(fn(*args))
-
-
-def call_in_subprocess(fn, *args):
-    """``fn(*args)`` in a fresh (spawned) process, so its peak memory belongs to it alone.
-
-    ``fn`` must be importable (module level). A child that dies raises a
-    RuntimeError naming ``fn`` instead of blocking on its result.
-    """
-    import multiprocessing
-    import queue as queue_module
-
-    ctx = multiprocessing.get_context('spawn')
-    results = ctx.Queue()
-    proc = ctx.Process(target=_call_and_put, args=(fn, args, results))
-    proc.start()
-    while True:
-        try:
-            result = results.get(timeout=1.0)
-            break
-        except queue_module.Empty:
-            if not proc.is_alive() and results.empty():
-                raise RuntimeError('{} failed in its subprocess (exit code {})'.format(
-                    fn.__name__, proc.exitcode))
-    proc.join()
-    return result
 
 
 def costs_of_config(config_file, opts, root, onnx_path):
@@ -609,7 +460,7 @@ def bench_engine(args, previous, save):
     from torchreid.reid.engine import ImageTripletEngine
 
     from plugins.training.launch import build_datamanager, setup_config
-    from plugins.training.engine import build_engine
+    from plugins.training.builders import build_engine
     from plugins.nn.models import build_model
 
     if previous and previous.get('status') == 'done':

@@ -33,15 +33,13 @@ from torchreid.reid.data import datamanager as _host_datamanager
 from torchreid.reid.data import sampler as _host_sampler
 
 from plugins.training import distributed
-from plugins.registry import Registry
+from plugins.registry import SAMPLERS
 
 __all__ = [
     'SAMPLERS', 'HOST_KWARGS', 'register_sampler', 'set_sampler_options',
     'build_train_sampler', 'install', 'check_host_kwargs', 'PKSampler',
     'PairwiseSampler', 'pair_labels'
 ]
-
-SAMPLERS = Registry('sampler')
 
 #: Keyword arguments the host's datamanagers pass to every training sampler.
 HOST_KWARGS = ('batch_size', 'num_instances', 'num_cams', 'num_datasets')

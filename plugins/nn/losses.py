@@ -8,7 +8,7 @@ every step, and its triplet loss mines each anchor in a Python loop.
 import torch
 import torch.nn.functional as F
 
-from plugins.training.precision import fp32
+from plugins.nn.modules import fp32
 
 
 class CrossEntropyLabelSmooth(torch.nn.Module):

@@ -16,9 +16,7 @@ import inspect
 from torchreid.reid import models as host_models
 
 from plugins.nn.pretrained import offline_pretrained
-from plugins.registry import Registry
-
-MODELS = Registry('model')
+from plugins.registry import MODELS, register_attention_maps
 
 # The host keeps its factory in a module-private, name-mangled global.
 _HOST_FACTORY = vars(host_models)['__model_factory']
@@ -43,9 +41,7 @@ def register_model(name, builder=None):
 
 def register_models(builders, attention_maps=None):
     """Register every ``name: builder`` of ``builders``; with ``attention_maps`` (see
-    :func:`plugins.visualization.register_attention_maps`), expose it for each of them."""
-    from plugins.visualization import register_attention_maps
-
+    :func:`plugins.registry.register_attention_maps`), expose it for each of them."""
     for name, builder in builders.items():
         register_model(name, builder)
         if attention_maps is not None:

@@ -7,20 +7,16 @@ mixed precision, sync-free logging, non-finite skipping, stop on signals) and
 checkpointing (``save_model``/``resume`` of every network, mid-epoch included)
 are ours.
 
-An engine is picked by name from the config (``engine.name``, or ``loss.name``
-when empty) through :data:`ENGINES`, whose entries are builders called as
-``builder(cfg, datamanager, model, optimizer, scheduler) -> PluginEngine``.
+Loss terms live in :mod:`plugins.training.terms`, engine builders (picked by the
+config's ``engine.name``) in :mod:`plugins.training.builders`.
 """
 import datetime
 import os.path as osp
 import signal
 import time
-from collections import namedtuple
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
-from torchreid.reid import engine as host_engines
-from torchreid.reid import metrics
 from torchreid.reid.engine import Engine
 from torchreid.reid.utils import visualize_ranked_results
 
@@ -28,28 +24,9 @@ from plugins.training import distributed
 from plugins.evaluation import protocol as evaluation
 from plugins.training.checkpoint import load_checkpoint, plain, save_checkpoint
 from plugins.evaluation.protocol import set_distance_device
-from plugins.training.hooks import TeacherDistillationHook
-from plugins.nn.losses import BatchHardTriplet, CrossEntropyLabelSmooth
 from plugins.training.precision import Precision, step_unless, use_fused_step
-from plugins.registry import Registry
 from plugins.training.resilience import (NonFiniteLossError, StopOnSignal, TrainingInterrupted, checkpoint_name,
                          nondeterministic_kernels_reported, rng_state, set_rng_state)
-
-ENGINES = Registry('engine')
-
-LossTerm = namedtuple('LossTerm', ['name', 'weight', 'fn'])
-LossTerm.__doc__ = """A weighted term of the main loss; ``fn(engine, batch, outputs) -> tensor``.
-
-``weight`` is a number or a function ``engine -> number`` (a schedule such as a
-warm-up); a term whose weight is zero at a step is not computed at that step."""
-
-
-def register_engine(name, builder=None):
-    """Register an engine builder ``builder(cfg, datamanager, model, optimizer, scheduler)``."""
-    if builder is None:
-        return lambda b: register_engine(name, b)
-    return ENGINES.register(name, builder)
-
 
 class PluginEngine(Engine):
     """Host engine whose step is: hooks, forward, weighted loss terms, backward, hooks.
@@ -669,84 +646,3 @@ def _read_later(flag):
         event.synchronize()
         return host.item()
     return read
-
-
-def logits_of(outputs):
-    """Identity logits of a torchreid training output (softmax: logits; triplet: (logits, feats))."""
-    return outputs[0] if isinstance(outputs, tuple) else outputs
-
-
-def cross_entropy_term(engine, weight, label_smooth, logits_fn=logits_of):
-    """Label-smoothed cross-entropy (torchreid's ``CrossEntropyLoss``, eps 0.1) on the identity logits."""
-    criterion = CrossEntropyLabelSmooth(0.1 if label_smooth else 0.0)
-    return LossTerm('loss_x', weight, lambda e, batch, outputs: e.compute_loss(
-        criterion, logits_fn(outputs), batch['pid']))
-
-
-def triplet_term(engine, weight, margin):
-    """Batch-hard triplet loss (torchreid's ``TripletLoss``) on the features of ``(logits, feats)``.
-
-    Under torchrun the hardest positives and negatives are mined in the global
-    batch (features gathered from every rank), as in a single-process run.
-    """
-    criterion = BatchHardTriplet(margin=margin)
-    return LossTerm('loss_t', weight, lambda e, batch, outputs: e.compute_loss(
-        criterion, distributed.gather_with_grad(outputs[1]),
-        distributed.gather_with_grad(batch['pid'])))
-
-
-def accuracy(engine, batch, outputs):
-    """Top-1 training accuracy in percent, as the host's engines log it."""
-    return metrics.accuracy(logits_of(outputs), batch['pid'])[0]
-
-
-def engine_options(cfg):
-    """:class:`PluginEngine` keyword arguments read from the config (every engine builder passes them)."""
-    return {'use_gpu': cfg.use_gpu, 'amp': cfg.train.amp, 'channels_last': cfg.train.channels_last,
-            'nonfinite_patience': cfg.train.nonfinite_patience}
-
-
-def reid_loss_terms(cfg, engine):
-    """The ReID terms ``loss.name`` asks for: CE ('softmax'), or triplet + CE ('triplet')."""
-    smooth = cfg.loss.softmax.label_smooth
-    if cfg.loss.name == 'softmax':
-        return [cross_entropy_term(engine, 1.0, smooth)]
-    return [triplet_term(engine, cfg.loss.triplet.weight_t, cfg.loss.triplet.margin),
-            cross_entropy_term(engine, cfg.loss.triplet.weight_x, smooth)]
-
-
-@register_engine('softmax')
-@register_engine('triplet')
-def build_reid_engine(cfg, datamanager, model, optimizer, scheduler):
-    """torchreid's softmax / triplet engines on the plugin loop (terms: :func:`reid_loss_terms`)."""
-    engine = PluginEngine(datamanager, model, optimizer, scheduler, **engine_options(cfg),
-                          metric_fns={'acc': accuracy})
-    engine.loss_terms = reid_loss_terms(cfg, engine)
-    return engine
-
-
-def _build_video_engine(cfg, datamanager, model, optimizer, scheduler):
-    """Video re-id keeps the host's engines, exactly as upstream ``main.py`` builds them."""
-    common = dict(optimizer=optimizer, scheduler=scheduler, use_gpu=cfg.use_gpu,
-                  label_smooth=cfg.loss.softmax.label_smooth)
-    if cfg.loss.name == 'softmax':
-        return host_engines.VideoSoftmaxEngine(datamanager, model,
-                                               pooling_method=cfg.video.pooling_method, **common)
-    return host_engines.VideoTripletEngine(datamanager, model, margin=cfg.loss.triplet.margin,
-                                           weight_t=cfg.loss.triplet.weight_t,
-                                           weight_x=cfg.loss.triplet.weight_x, **common)
-
-
-def build_engine(cfg, datamanager, model, optimizer, scheduler):
-    """The engine named by the config, plus the config-driven teacher hook (unless the
-    engine already built its own from the ``teacher`` keys)."""
-    if cfg.data.type == 'video':
-        return _build_video_engine(cfg, datamanager, model, optimizer, scheduler)
-    engine = ENGINES.get(cfg.engine.name or cfg.loss.name)(cfg, datamanager, model, optimizer,
-                                                           scheduler)
-    if cfg.teacher.weights and not any(isinstance(h, TeacherDistillationHook) for h in engine.hooks):
-        engine.add_hook(TeacherDistillationHook.from_checkpoint(
-            cfg.teacher.model, cfg.teacher.weights, datamanager.num_train_pids,
-            weight=cfg.teacher.weight, temperature=cfg.teacher.temperature,
-            mode=cfg.teacher.mode))
-    return engine

@@ -22,49 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from plugins.training.checkpoint import load_weights_strict
-from plugins.registry import Registry
-
-HOOKS = Registry('hook')
+from plugins.nn.modules import batchnorm_stats_frozen, frozen, split_outputs
 
 
-def register_hook(name, cls=None):
-    """Register a hook class under ``name`` (also usable as a decorator)."""
-    if cls is None:
-        return lambda c: register_hook(name, c)
-    return HOOKS.register(name, cls)
-
-
-@contextlib.contextmanager
-def frozen(module):
-    """Run a forward whose graph reaches the inputs but not ``module``'s parameters."""
-    flags = [p.requires_grad for p in module.parameters()]
-    for p in module.parameters():
-        p.requires_grad_(False)
-    try:
-        yield module
-    finally:
-        for p, flag in zip(module.parameters(), flags):
-            p.requires_grad_(flag)
-
-
-@contextlib.contextmanager
-def batchnorm_stats_frozen(module):
-    """Extra forwards in training mode (batch statistics) that leave BN running estimates untouched.
-
-    For side passes such as a no-attention prediction: they normalise like the
-    main forward but must not count as a second batch in the running statistics.
-    """
-    norms = [m for m in module.modules()
-             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
-    for m in norms:
-        m.momentum = 0.0
-    try:
-        yield module
-    finally:
-        for m, (momentum, tracked) in zip(norms, saved):
-            m.momentum = momentum
-            m.num_batches_tracked.copy_(tracked)
 
 
 class Hook:
@@ -111,7 +71,6 @@ class Hook:
         pass
 
 
-@register_hook('critic_update')
 class CriticUpdateHook(Hook):
     """Fit a critic V to rewards by MSE; the main networks minimise -V with V frozen.
 
@@ -162,7 +121,6 @@ class CriticUpdateHook(Hook):
         return None if self.update_first else self._fit(engine, batch, outputs)
 
 
-@register_hook('adversarial_step')
 class AdversarialStepHook(Hook):
     """One discriminator step per iteration, then the generator's adversarial term.
 
@@ -201,14 +159,6 @@ class AdversarialStepHook(Hook):
         return {self.name + '_adv': self.g_weight * g_loss}
 
 
-def _logits_and_features(outputs):
-    """Split a torchreid training output into (logits, features or None)."""
-    if isinstance(outputs, (tuple, list)):
-        return outputs[0], (outputs[1] if len(outputs) > 1 else None)
-    return outputs, None
-
-
-@register_hook('teacher_distillation')
 class TeacherDistillationHook(Hook):
     """Distil a frozen teacher into the main model (Hinton et al. 2015 KL, or feature MSE).
 
@@ -253,7 +203,7 @@ class TeacherDistillationHook(Hook):
         self.temperature = temperature
         self.mode = mode
         self.inputs_fn = inputs_fn or (lambda engine, batch, outputs: batch['img'])
-        self.student_fn = student_fn or (lambda engine, batch, outputs: _logits_and_features(outputs))
+        self.student_fn = student_fn or (lambda engine, batch, outputs: split_outputs(outputs))
         self.flip_average = flip_average
         self.batch_statistics = batch_statistics
         self.chunk_size = chunk_size
@@ -286,7 +236,7 @@ class TeacherDistillationHook(Hook):
         chunks = images.split(self.chunk_size) if self.chunk_size else (images,)
         context = batchnorm_stats_frozen if self.batch_statistics else contextlib.nullcontext
         with torch.no_grad(), context(self.teacher):
-            outputs = [_logits_and_features(self.teacher(chunk)) for chunk in chunks]
+            outputs = [split_outputs(self.teacher(chunk)) for chunk in chunks]
         logits = torch.cat([o[0] for o in outputs])
         features = torch.cat([o[1] for o in outputs]) if outputs[0][1] is not None else None
         return logits, features

@@ -21,7 +21,7 @@ from plugins.evaluation import protocol as evaluation
 from plugins.data import samplers
 from plugins.training.checkpoint import load_weights_strict
 from plugins.data.datasets import synthreid
-from plugins.training.engine import build_engine
+from plugins.training.builders import build_engine
 from plugins.nn.flops import count_macs
 from plugins.nn.heads import convert_sync_batchnorm
 from plugins.nn.models import build_model

@@ -66,12 +66,6 @@ class Precision:
                 scaler.load_state_dict(scaler_state)
 
 
-def fp32(device_type):
-    """Context in which autocast is off, so products run in the inputs' (fp32) precision
-    (nothing to switch off on devices without autocast, such as ``meta``)."""
-    if device_type not in ('cpu', 'cuda'):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, enabled=False)
 
 
 FUSED_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)

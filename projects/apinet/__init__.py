@@ -14,10 +14,7 @@ Registers, through ``plugins`` only:
 See ``projects/apinet/README.md``.
 """
 import plugins
-from plugins.benchmarking.sections import register_benchmark
-from plugins.benchmarking.official import register_official_check
 
-from . import benchmark, official
 from .config import add_apinet_config
 from .engine import build_apinet_engine
 from .model import apinet_resnet50, apinet_resnet101
@@ -25,5 +22,7 @@ from .model import apinet_resnet50, apinet_resnet101
 plugins.register_models({'apinet_resnet50': apinet_resnet50, 'apinet_resnet101': apinet_resnet101})
 plugins.register_engine('apinet', build_apinet_engine)
 plugins.register_config('apinet', add_apinet_config)
-register_benchmark('apinet', benchmark.run, benchmark.markdown)
-register_official_check('apinet', 'PeiqinZhuang/API-Net', ('models.py', 'train.py'), official.run)
+plugins.register_benchmark('apinet', 'projects.apinet.benchmark:run', 'projects.apinet.benchmark:markdown')
+# files that identify a clone; the check's module is imported only when the tool runs it
+plugins.register_official_check('apinet', 'PeiqinZhuang/API-Net', ('models.py', 'train.py'),
+                                'projects.apinet.official:run')

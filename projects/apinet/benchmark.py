@@ -13,12 +13,12 @@
    trunk as torchreid's: isolates the API module's cost) and at last stride 1
    (the registered default).
 
-Times are medians of :func:`plugins.benchmarking.sections.median_time`.
+Times are medians of :func:`plugins.median_time`.
 """
 import torch
 
 import plugins
-from plugins.benchmarking.sections import median_time, pk_batch, step_engine
+from plugins import median_time, pk_batch, step_engine
 
 from .losses import (mine_pairs, pairwise_sq_distances, reference_pairs_loop,
                      reference_select_loop, select_pairs)

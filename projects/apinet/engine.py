@@ -8,9 +8,9 @@ then the weighted terms, each logged under its own name:
 * ``loss_pair_ce`` (``apinet.weight_pair_ce``): cross-entropy over the four attentive logits;
 * ``loss_rank`` (``apinet.weight_rank``): score-ranking regularisation, margin ``apinet.rank_margin``;
 * ``loss_t`` (``loss.triplet.weight_t``): batch-hard triplet on the pooled feature
-  (``plugins.training.engine.triplet_term``);
+  (``plugins.triplet_term``);
 * ``loss_x`` (``loss.triplet.weight_x``): label-smoothed cross-entropy on the BNNeck
-  logits (``plugins.training.engine.cross_entropy_term``).
+  logits (``plugins.cross_entropy_term``).
 
 Also logged: ``acc`` (image-level top-1) and ``pairs_dropped`` (invalid pairs,
 whose anchor has no same- or no other-identity image in the batch).
@@ -19,8 +19,8 @@ from collections import namedtuple
 
 import torch
 
-from plugins import LossTerm, PluginEngine
-from plugins.training.engine import (accuracy, cross_entropy_term, engine_options, triplet_term)
+from plugins import (LossTerm, PluginEngine, accuracy, cross_entropy_term, engine_options,
+                     triplet_term)
 
 from .losses import mine_pairs, pair_cross_entropy, score_ranking_loss
 

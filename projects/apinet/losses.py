@@ -27,7 +27,7 @@ from collections import namedtuple
 import torch
 import torch.nn.functional as F
 
-from plugins.training.precision import fp32
+from plugins import fp32
 
 Pairs = namedtuple('Pairs', ['anchor', 'partner', 'valid'])
 Pairs.__doc__ = """2B pairs of batch indices: rows ``0..B-1`` intra, ``B..2B-1`` inter.

@@ -24,9 +24,7 @@ torchreid's model contract holds: eval -> features; training -> logits
 import torch
 import torch.nn as nn
 
-from plugins.nn.backbones import ResNetTrunk
-from plugins.nn.heads import ReIDHead
-from plugins.nn.models import model_builder
+from plugins import ReIDHead, ResNetTrunk, model_builder
 
 
 def gate_vectors(x_m, x_1, x_2):

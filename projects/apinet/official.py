@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from plugins.benchmarking.official import Report, compare, copy_parameters, gradient_rows
+from plugins import Report, compare, copy_parameters, gradient_rows
 
 from .engine import pair_outputs
 from .losses import mine_pairs, pair_cross_entropy, score_ranking_loss

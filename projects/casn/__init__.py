@@ -12,9 +12,7 @@ Registers, through ``plugins`` only:
 See ``projects/casn/README.md``.
 """
 import plugins
-from plugins.benchmarking.sections import register_benchmark
 
-from . import benchmark
 from .attention import casn_attention_maps
 from .config import add_casn_config
 from .engine import build_casn_engine
@@ -24,4 +22,4 @@ plugins.register_models({'casn_ide_resnet50': casn_ide_resnet50,
                          'casn_pcb_resnet50': casn_pcb_resnet50}, casn_attention_maps)
 plugins.register_engine('casn', build_casn_engine)
 plugins.register_config('casn', add_casn_config)
-register_benchmark('casn', benchmark.run, benchmark.markdown)
+plugins.register_benchmark('casn', 'projects.casn.benchmark:run', 'projects.casn.benchmark:markdown')

@@ -10,9 +10,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from plugins.training.engine import logits_of
-from plugins.training.hooks import batchnorm_stats_frozen
-from plugins.visualization import cam_from_gradients, normalise_maps
+from plugins import batchnorm_stats_frozen, cam_from_gradients, logits_of, normalise_maps
 
 
 def differentiable_cam(maps, scores):

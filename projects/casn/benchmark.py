@@ -9,7 +9,7 @@ identification loss (the backbone baseline), for IDE at 288x144 and PCB at
 import torch
 
 import plugins
-from plugins.benchmarking.sections import median_time, step_engine
+from plugins import median_time, step_engine
 
 PAIRS, NUM_CLASSES = 16, 751
 RUNS = (('casn_ide_resnet50', 288, 144), ('casn_pcb_resnet50', 384, 128))

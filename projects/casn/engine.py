@@ -17,9 +17,8 @@ a term's computation. Also logged: ``acc`` and ``positive_pairs``.
 """
 import torch.nn.functional as F
 
-from plugins import LossTerm, PluginEngine
-from plugins.training.engine import accuracy, cross_entropy_term, engine_options
-from plugins.data.samplers import pair_labels
+from plugins import (LossTerm, PluginEngine, accuracy, cross_entropy_term, engine_options,
+                     pair_labels)
 
 from .attention import identification_attention_loss, siamese_attention_loss
 

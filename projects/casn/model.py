@@ -24,9 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from plugins.nn.backbones import ResNetTrunk
-from plugins.nn.models import model_builder
-from plugins.training.precision import fp32
+from plugins import ResNetTrunk, fp32, model_builder
 
 BACKBONES = ('ide', 'pcb')
 CASNOutputs = namedtuple('CASNOutputs', ['maps', 'features', 'id_logits', 'siamese'])

@@ -16,11 +16,7 @@ Registers, through ``plugins`` only:
 See ``projects/dgnet/README.md``.
 """
 import plugins
-from plugins.benchmarking.sections import register_benchmark
-from plugins.benchmarking.official import register_official_check
-from plugins.visualization import register_appearance_swap
 
-from . import benchmark, official
 from .config import add_dgnet_config
 from .engine import build_dgnet_engine
 from .networks import dgnet_resnet50
@@ -29,9 +25,9 @@ from .swap import appearance_swap
 plugins.register_models({'dgnet_resnet50': dgnet_resnet50})
 plugins.register_engine('dgnet', build_dgnet_engine)
 plugins.register_config('dgnet', add_dgnet_config)
-register_appearance_swap('dgnet_resnet50', appearance_swap)
-register_benchmark('dgnet', benchmark.run, benchmark.markdown)
-# files that identify a clone; official.run imports the official code from it, never at import time
-register_official_check('dgnet', 'NVlabs/DG-Net', ['trainer.py', 'networks.py', 'reIDmodel.py',
-                                                   'random_erasing.py', 'configs/latest.yaml'],
-                        official.run, time=official.time_iterations)
+plugins.register_appearance_swap('dgnet_resnet50', appearance_swap)
+plugins.register_benchmark('dgnet', 'projects.dgnet.benchmark:run', 'projects.dgnet.benchmark:markdown')
+# files that identify a clone; the check's module is imported only when the tool runs it
+plugins.register_official_check('dgnet', 'NVlabs/DG-Net', ['trainer.py', 'networks.py', 'reIDmodel.py',
+                                                           'random_erasing.py', 'configs/latest.yaml'],
+                                'projects.dgnet.official:run', time='projects.dgnet.official:time_iterations')

@@ -14,8 +14,7 @@ import tempfile
 import torch
 
 import plugins
-from plugins.benchmarking.sections import median_time, step_engine, time_with_peak_memory
-from plugins.training.checkpoint import save_checkpoint
+from plugins import median_time, save_checkpoint, step_engine, time_with_peak_memory
 
 BATCH, HEIGHT, WIDTH, NUM_CLASSES = 32, 256, 128, 751
 QUICK = (8, 80, 40)
@@ -88,7 +87,7 @@ def time_against_official(official_dir, quick):
     """The official iteration and ours side by side (``check_official.py --time``), as Markdown."""
     from argparse import Namespace
 
-    from plugins.benchmarking.official import check_clone, official_code
+    from plugins import check_clone, official_code
 
     from .official import time_iterations
 

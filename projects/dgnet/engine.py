@@ -35,12 +35,9 @@ import torch
 import torch.nn.functional as F
 from torchreid.reid.engine import Engine
 
-from plugins import AdversarialStepHook, LossTerm, PluginEngine, TeacherDistillationHook
-from plugins.config import lr_scheduler_kwargs
-from plugins.training.distributed import per_rank_batch
-from plugins.training.engine import engine_options
-from plugins.training.hooks import batchnorm_stats_frozen, frozen
-from plugins.training.schedulers import build_lr_scheduler
+from plugins import (AdversarialStepHook, LossTerm, PluginEngine, TeacherDistillationHook,
+                     batchnorm_stats_frozen, build_lr_scheduler, engine_options, frozen,
+                     lr_scheduler_kwargs, per_rank_batch)
 
 from .networks import (AppearanceEncoder, Generator, MultiScaleDiscriminator, discriminator_loss,
                        generator_adversarial_loss, r1_penalty)

@@ -35,8 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from plugins.nn.backbones import ResNetTrunk
-from plugins.nn.models import model_builder
+from plugins import ResNetTrunk, model_builder
 
 __all__ = ['dgnet_resnet50', 'AppearanceEncoder', 'ClassBlock', 'StructureEncoder', 'ASPP', 'Decoder',
            'AdaINParameterMLPs', 'AdaINResidualBlock', 'Generator', 'MultiScaleDiscriminator',

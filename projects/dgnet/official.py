@@ -58,8 +58,8 @@ from collections import namedtuple
 import torch
 import torch.nn as nn
 
-from plugins import AdversarialStepHook, TeacherDistillationHook
-from plugins.benchmarking.official import Report, compare, copy_parameters, time_side_by_side
+from plugins import (AdversarialStepHook, Report, TeacherDistillationHook, compare, copy_parameters,
+                     time_side_by_side)
 
 from . import engine as dgnet_engine
 
@@ -195,7 +195,7 @@ def _random_teacher(folder):
     """A torchreid ``resnet50`` teacher, random, its classifier drawn N(0, 0.1) so that its soft
     labels are far from uniform; saved as a checkpoint for ``teacher.weights``."""
     import plugins
-    from plugins.training.checkpoint import save_checkpoint
+    from plugins import save_checkpoint
     torch.manual_seed(1)
     teacher = plugins.build_model('resnet50', NUM_CLASSES, loss='softmax', pretrained=False)
     with torch.no_grad():
@@ -209,18 +209,16 @@ def build_ours(teacher_weights, dtype=torch.float64, pairs=PAIRS, device='cpu'):
     (set before its optimiser makes momentum buffers), ``pairs`` per half-batch, on ``device``."""
     from torchreid.reid import optim as host_optim
 
-    from plugins import config as C
-    from plugins.training.engine import build_engine
-    from plugins.training.launch import build_model_from_config, setup_config
-    from plugins.training.schedulers import build_lr_scheduler
+    from plugins import (build_engine, build_lr_scheduler, build_model_from_config, lr_scheduler_kwargs,
+                         optimizer_kwargs, setup_config)
     cfg = setup_config(OUR_CONFIG, ['model.pretrained', 'False', 'teacher.weights', teacher_weights,
                                     'train.seed', str(SEED), 'train.batch_size', str(4 * pairs),
                                     'data.height', str(HEIGHT), 'data.width', str(WIDTH)])
     cfg.use_gpu = torch.device(device).type == 'cuda'
     torch.manual_seed(0)
     model = build_model_from_config(cfg, NUM_CLASSES).to(device, dtype)
-    optimizer = host_optim.build_optimizer(model, **C.optimizer_kwargs(cfg))
-    scheduler = build_lr_scheduler(optimizer, **C.lr_scheduler_kwargs(cfg))
+    optimizer = host_optim.build_optimizer(model, **optimizer_kwargs(cfg))
+    scheduler = build_lr_scheduler(optimizer, **lr_scheduler_kwargs(cfg))
     return build_engine(cfg, _NoData(NUM_CLASSES), model, optimizer, scheduler)
 
 

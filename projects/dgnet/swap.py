@@ -3,7 +3,7 @@ import os.path as osp
 
 import torch
 
-from plugins.training.checkpoint import load_weights_strict
+from plugins import load_weights_strict
 
 from .networks import Generator
 

@@ -15,16 +15,13 @@ post-BN logits + batch-hard triplet on the pre-BN feature, the official loss);
 the official warm-up schedule is ``train.warmup_epochs``. See ``projects/rga/README.md``.
 """
 import plugins
-from plugins.benchmarking.sections import register_benchmark
-from plugins.benchmarking.official import register_official_check
 
-from . import benchmark, official
 from .model import rga_attention_maps, rga_c_resnet50, rga_s_resnet50, rga_sc_resnet50
 
 plugins.register_models({'rga_s_resnet50': rga_s_resnet50, 'rga_c_resnet50': rga_c_resnet50,
                          'rga_sc_resnet50': rga_sc_resnet50}, rga_attention_maps)
-register_benchmark('rga', benchmark.run, benchmark.markdown)
-# files that identify a clone; official.run imports the official code from it, never at import time
-register_official_check('rga', 'microsoft/Relation-Aware-Global-Attention-Networks',
-                        ['reid/models/rga_model.py', 'reid/models/models_utils/rga_modules.py',
-                         'reid/models/models_utils/rga_branches.py'], official.run)
+plugins.register_benchmark('rga', 'projects.rga.benchmark:run', 'projects.rga.benchmark:markdown')
+# files that identify a clone; the check's module is imported only when the tool runs it
+plugins.register_official_check('rga', 'microsoft/Relation-Aware-Global-Attention-Networks',
+                                ['reid/models/rga_model.py', 'reid/models/models_utils/rga_modules.py',
+                                 'reid/models/models_utils/rga_branches.py'], 'projects.rga.official:run')

@@ -10,14 +10,14 @@ and in bf16 autocast when a GPU is present.
 
 Each measurement runs in a fresh process, so its peak memory belongs to that
 step alone: CUDA peak allocated on a GPU, growth of the peak resident set on
-the CPU. Times are medians of :func:`plugins.benchmarking.sections.median_time`.
+the CPU. Times are medians of :func:`plugins.median_time`.
 """
 import contextlib
 
 import torch
 
 import plugins
-from plugins.benchmarking.sections import call_in_subprocess, pk_batch, step_engine, time_with_peak_memory
+from plugins import call_in_subprocess, pk_batch, step_engine, time_with_peak_memory
 
 from .reference import reference_rga
 

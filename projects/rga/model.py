@@ -16,9 +16,7 @@ builder through ``plugins.build_model``; a plain
 """
 import torch.nn as nn
 
-from plugins.nn.backbones import ResNetTrunk
-from plugins.nn.heads import ReIDHead
-from plugins.nn.models import model_builder
+from plugins import ReIDHead, ResNetTrunk, model_builder
 
 from .modules import RGAModule
 

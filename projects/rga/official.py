@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from plugins.benchmarking.official import Report, compare, copy_parameters
+from plugins import Report, compare, copy_parameters
 
 from .model import RGANet
 

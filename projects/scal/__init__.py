@@ -11,9 +11,7 @@ Registers, through ``plugins`` only:
 See ``projects/scal/README.md``.
 """
 import plugins
-from plugins.benchmarking.sections import register_benchmark
 
-from . import benchmark
 from .config import add_scal_config
 from .engine import build_scal_engine
 from .model import scal_attention_maps, scal_channel_resnet50, scal_spatial_resnet50
@@ -22,4 +20,4 @@ plugins.register_models({'scal_spatial_resnet50': scal_spatial_resnet50,
                          'scal_channel_resnet50': scal_channel_resnet50}, scal_attention_maps)
 plugins.register_engine('scal', build_scal_engine)
 plugins.register_config('scal', add_scal_config)
-register_benchmark('scal', benchmark.run, benchmark.markdown)
+plugins.register_benchmark('scal', 'projects.scal.benchmark:run', 'projects.scal.benchmark:markdown')

@@ -6,13 +6,13 @@ network trained without the critic (``triplet`` engine: attention forward,
 CE + triplet, backward, step), for both agent kinds, on one fixed PK batch.
 Target: the SCAL step at most 1.6x the plain one (the no-attention pass is a
 gradient-free forward, far cheaper than a second training pass). The two steps
-alternate (:func:`plugins.benchmarking.sections.interleaved_times`) and the ratio is the
+alternate (:func:`plugins.interleaved_times`) and the ratio is the
 median of per-round ratios, so load on a shared machine affects both alike.
 """
 import torch
 
 import plugins
-from plugins.benchmarking.sections import interleaved_times, pk_batch, step_engine
+from plugins import interleaved_times, pk_batch, step_engine
 
 BATCH, HEIGHT, WIDTH, NUM_CLASSES = 16, 256, 128, 751
 QUICK = (8, 64, 32)

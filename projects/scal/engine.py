@@ -29,8 +29,8 @@ from collections import namedtuple
 import torch
 import torch.nn.functional as F
 
-from plugins import CriticUpdateHook, PluginEngine
-from plugins.training.engine import accuracy, engine_options, logits_of, reid_loss_terms
+from plugins import (CriticUpdateHook, PluginEngine, accuracy, engine_options, logits_of,
+                     reid_loss_terms)
 
 from .model import Critic, critic_state
 

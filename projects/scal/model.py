@@ -25,10 +25,7 @@ size (``height``/``width`` from the config, 256x128 by default).
 import torch
 import torch.nn as nn
 
-from plugins.nn.backbones import ResNetTrunk
-from plugins.nn.heads import ReIDHead
-from plugins.training.hooks import batchnorm_stats_frozen
-from plugins.nn.models import model_builder
+from plugins import ReIDHead, ResNetTrunk, batchnorm_stats_frozen, model_builder
 
 KINDS = ('spatial', 'channel')
 REDUCTION, MIN_HIDDEN = 16, 8

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import plugins
-from plugins.training.engine import build_reid_engine
+from plugins.training.builders import build_reid_engine
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 from conftest import TinyReIDNet, load_tool  # noqa: E402

@@ -3,8 +3,8 @@ import textwrap
 
 import pytest
 
-from plugins.config import (CONFIG_NODES, get_default_config, merge_from_file, merge_from_list,
-                            register_config)
+from plugins.config import get_default_config, merge_from_file, merge_from_list
+from plugins.registry import CONFIG_NODES, register_config
 
 # Keys and defaults of upstream torchreid scripts/default_config.py (spot checks of every node).
 UPSTREAM_DEFAULTS = {

@@ -4,7 +4,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from plugins.training.checkpoint import save_checkpoint
-from plugins.training.engine import LossTerm, PluginEngine
+from plugins.training.engine import PluginEngine
+from plugins.training.terms import LossTerm
 from plugins.training.hooks import (AdversarialStepHook, CriticUpdateHook, Hook, TeacherDistillationHook,
                            frozen)
 from tests.conftest import FakeDataManager, TinyReIDNet, changed, snapshot

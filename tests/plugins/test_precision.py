@@ -6,7 +6,7 @@ import torch.nn.functional as F
 import plugins
 from plugins import AdversarialStepHook, PluginEngine
 from plugins.training.checkpoint import load_checkpoint
-from plugins.training.engine import cross_entropy_term
+from plugins.training.terms import cross_entropy_term
 from plugins.training.precision import Precision
 from tests.conftest import FakeDataManager, TinyReIDNet, amp_step
 

@@ -102,7 +102,7 @@ def test_model_builder_exposes_the_class_options_and_fixes_the_variant():
 
 def test_register_models_registers_each_builder_and_its_attention_maps():
     from plugins.nn.models import register_models
-    from plugins.visualization import ATTENTION_MAPS
+    from plugins.registry import ATTENTION_MAPS
 
     def maps(model, images):
         return {}

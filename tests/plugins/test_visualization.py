@@ -8,7 +8,7 @@ import torch.nn as nn
 import torchreid
 from PIL import Image
 
-import plugins  # noqa: F401  (registers synthreid)
+import plugins
 from plugins import visualization as V
 from plugins.data.datasets import synthreid
 from plugins.training.launch import build_datamanager, setup_config
@@ -253,9 +253,9 @@ def registered_maps():
         return {'stage1': torch.arange(n * 6, dtype=torch.float32).view(n, 3, 2) * 5.0,
                 'stage2': torch.ones(n, 1, 4, 2)}
 
-    V.register_attention_maps('camnet_test', maps_fn)
+    plugins.register_attention_maps('camnet_test', maps_fn)
     yield calls
-    V.ATTENTION_MAPS.unregister('camnet_test')
+    plugins.ATTENTION_MAPS.unregister('camnet_test')
 
 
 def test_registered_attention_maps_replace_grad_cam(registered_maps):
@@ -274,16 +274,16 @@ def test_registered_attention_maps_replace_grad_cam(registered_maps):
 
 def test_duplicate_attention_registration_errors(registered_maps):
     with pytest.raises(KeyError, match="Duplicate attention map name 'camnet_test'"):
-        V.register_attention_maps('camnet_test', lambda m, x: {})
+        plugins.register_attention_maps('camnet_test', lambda m, x: {})
 
 
 def test_bad_registered_maps_are_reported():
-    V.register_attention_maps('bad_maps_test', lambda m, x: {'a': torch.zeros(5, 2)})
+    plugins.register_attention_maps('bad_maps_test', lambda m, x: {'a': torch.zeros(5, 2)})
     try:
         with pytest.raises(ValueError, match="attention map 'a' of 'bad_maps_test' has shape"):
             V.attention_maps('bad_maps_test', make_camnet(), images(2))
     finally:
-        V.ATTENTION_MAPS.unregister('bad_maps_test')
+        plugins.ATTENTION_MAPS.unregister('bad_maps_test')
 
 
 # ---------------------------------------------------------------------------------------------

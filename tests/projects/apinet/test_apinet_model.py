@@ -164,7 +164,7 @@ def test_gradients_reach_the_api_mlp_the_bnneck_and_the_trunk(model):
 
 
 def test_models_engine_config_and_benchmark_are_registered():
-    from plugins.benchmarking.sections import BENCHMARKS
+    from plugins.registry import BENCHMARKS
 
     assert {'apinet_resnet50', 'apinet_resnet101'} <= set(plugins.available_models())
     assert 'apinet_resnet50' in torchreid.models.show_avai_models.__globals__['__model_factory']

@@ -6,7 +6,7 @@ import torch
 import torchreid
 
 import plugins
-from plugins.benchmarking.sections import step_engine
+from plugins.benchmarking.steps import step_engine
 from plugins.nn.pretrained import PretrainedWeightsNotFound
 from projects.rga.model import RGANet, rga_attention_maps
 from projects.rga.modules import RGAModule, relation_features
