@@ -25,7 +25,7 @@ import importlib
 
 from plugins.host import silenced as _silenced  # noqa: F401  (first: before torchreid is imported)
 from plugins.config import get_default_config, lr_scheduler_kwargs, merge_from_file, optimizer_kwargs
-from plugins.data.samplers import pair_labels, register_sampler, set_sampler_options
+from plugins.data.samplers import pair_labels, register_sampler, sampler_choice
 from plugins.discovery import load_projects
 from plugins.evaluation.protocol import evaluate_rank
 from plugins.host.fixes import install_host_fixes
@@ -77,7 +77,7 @@ __all__ = [
     'cam_from_gradients', 'fp32', 'frozen', 'logits_of', 'model_builder', 'normalise_maps',
     'split_outputs',
     # data
-    'pair_labels', 'set_sampler_options',
+    'pair_labels', 'sampler_choice',
     # training
     'AdversarialStepHook', 'CriticUpdateHook', 'Hook', 'LossTerm', 'PluginEngine',
     'TeacherDistillationHook', 'accuracy', 'build_engine', 'build_lr_scheduler', 'cross_entropy_term',

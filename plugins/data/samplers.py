@@ -18,9 +18,9 @@ Construction contract for a registered sampler class::
 The four host keyword arguments are always passed (``ImageDataManager`` only
 knows those), so a class takes the ones it uses as named parameters and swallows
 the rest with ``**unused_host_kwargs`` checked by :func:`check_host_kwargs`.
-``options`` are the class's other named keyword parameters; because the host
-cannot pass them, the train script sets them from its config with
-:func:`set_sampler_options` before building the datamanager.
+``options`` are the class's other named keyword parameters; the host cannot pass
+them, so they travel with the name: the launcher passes ``train_sampler`` as
+:func:`sampler_choice` ``(name, shard_seed, **options)``, a string that carries them.
 """
 
 import inspect
@@ -36,7 +36,7 @@ from plugins.training import distributed
 from plugins.registry import SAMPLERS
 
 __all__ = [
-    'SAMPLERS', 'HOST_KWARGS', 'register_sampler', 'set_sampler_options',
+    'SAMPLERS', 'HOST_KWARGS', 'SamplerChoice', 'register_sampler', 'sampler_choice',
     'build_train_sampler', 'install', 'check_host_kwargs', 'PKSampler',
     'PairwiseSampler', 'pair_labels'
 ]
@@ -51,15 +51,6 @@ _HOST_BUILD = getattr(
     _host_sampler.build_train_sampler, 'host_build_train_sampler',
     _host_sampler.build_train_sampler
 )
-
-_OPTIONS = {}
-_SHARD_SEED = [0]
-
-
-def set_shard_seed(seed):
-    """Seed with which distributed runs draw each epoch's global order (``train.seed``)."""
-    _SHARD_SEED[0] = int(seed)
-
 
 def _builtin_names():
     return list(_host_sampler.AVAI_SAMPLERS)
@@ -125,21 +116,31 @@ def _check_options(name, options):
         )
 
 
-def set_sampler_options(name, **options):
-    """Set the options the next :func:`build_train_sampler` passes to sampler ``name``.
+class SamplerChoice(str):
+    """A sampler name that carries its options and the run's shard seed.
 
-    Replaces any options set before for ``name``; calling it without options clears
-    them. Built-in samplers take no options, so only an empty call is allowed for
-    them (lets a train script call this unconditionally).
+    The host's data managers hand ``train_sampler`` unchanged to the sampler builder, so the
+    launcher passes one of these as ``train_sampler``: the config's options reach
+    :func:`build_train_sampler` with the name, not through module state.
+    """
+
+    def __new__(cls, name, options=None, shard_seed=0):
+        choice = super().__new__(cls, name)
+        choice.options, choice.shard_seed = dict(options or {}), int(shard_seed)
+        return choice
+
+
+def sampler_choice(name, shard_seed=0, **options):
+    """``name`` as a :class:`SamplerChoice` with ``options`` for its sampler and ``shard_seed``,
+    the seed with which distributed runs draw each epoch's global order (``train.seed``).
 
     Raises:
         TypeError: an option is not a parameter of the sampler (the message lists the
-            accepted ones), or options were given for a built-in sampler.
+            accepted ones), or options were given for a built-in sampler (they take none).
         KeyError: ``name`` is neither built-in nor registered.
     """
     if name in SAMPLERS:
         _check_options(name, options)
-        _OPTIONS[name] = dict(options)
     elif name in _builtin_names():
         if options:
             raise TypeError(
@@ -147,6 +148,7 @@ def set_sampler_options(name, **options):
             )
     else:
         raise _unknown_sampler(name)
+    return SamplerChoice(name, options, shard_seed)
 
 
 def build_train_sampler(
@@ -160,8 +162,8 @@ def build_train_sampler(
 ):
     """Drop-in replacement for ``torchreid.reid.data.sampler.build_train_sampler``.
 
-    Registered names build the registered class with the options from
-    :func:`set_sampler_options`, updated by ``kwargs``; built-in names go to the
+    Registered names build the registered class with the options ``train_sampler`` carries
+    (a :class:`SamplerChoice`), updated by ``kwargs``; built-in names go to the
     host's original function (which ignores ``kwargs``, as before).
 
     In a distributed run ``batch_size`` is the per-rank batch the loader uses: the
@@ -180,7 +182,7 @@ def build_train_sampler(
         num_datasets=num_datasets
     )
     if train_sampler in SAMPLERS:
-        options = {**_OPTIONS.get(train_sampler, {}), **kwargs}
+        options = {**getattr(train_sampler, 'options', {}), **kwargs}
         _check_options(train_sampler, options)
         sampler = SAMPLERS.get(train_sampler)(data_source, **host_kwargs, **options)
     elif train_sampler in _builtin_names():
@@ -189,7 +191,8 @@ def build_train_sampler(
         raise _unknown_sampler(train_sampler)
     if world > 1:
         _check_shardable(sampler, world)
-        sampler = distributed.BatchShard(sampler, batch_size * world, seed=_SHARD_SEED[0])
+        sampler = distributed.BatchShard(sampler, batch_size * world,
+                                         seed=getattr(train_sampler, 'shard_seed', 0))
     return sampler
 
 

@@ -23,20 +23,10 @@ _CUHK03_REPEATS = 10
 
 
 _HOST_DISTANCE = rerank_module.HOST_DISTANCE
-_DISTANCE_DEVICE = [None]
-
-
-def set_distance_device(device):
-    """Where the engine's evaluation computes distances ('cpu', 'cuda'; None: the GPU if present).
-
-    Set by :class:`plugins.PluginEngine` from ``use_gpu``, so a CPU run never touches a GPU.
-    """
-    _DISTANCE_DEVICE[0] = None if device is None else torch.device(device).type
-
 
 def compute_distance_matrix(input1, input2, metric='euclidean', device=None, chunk_rows=4096):
-    """The host's ``compute_distance_matrix``, run on ``device`` (default: the engine's choice,
-    see :func:`set_distance_device`, else the GPU if present).
+    """The host's ``compute_distance_matrix``, run on ``device`` (the engine passes its own;
+    None, as the host's callers leave it: the GPU if present). On a CPU it is the host's.
 
     Query rows go in chunks of ``chunk_rows`` against the whole gallery (MSMT17's
     11,659 x 82,161 matrix never sits on the GPU at once) and come back as the CPU
@@ -44,9 +34,9 @@ def compute_distance_matrix(input1, input2, metric='euclidean', device=None, chu
     (:func:`evaluate_rank`), whose argsort orders ties as the host's does.
     """
     if device is None:
-        device = _DISTANCE_DEVICE[0] or ('cuda' if torch.cuda.is_available() else 'cpu')
-        if device == 'cpu':
-            return _HOST_DISTANCE(input1, input2, metric)
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if torch.device(device).type == 'cpu':
+        return _HOST_DISTANCE(input1, input2, metric)
     gallery = input2.to(device, non_blocking=True)
     return torch.cat([_HOST_DISTANCE(rows.to(device, non_blocking=True), gallery, metric).cpu()
                       for rows in input1.split(chunk_rows)])
@@ -312,7 +302,7 @@ def distances(query, gallery, dist_metric='euclidean', normalize_feature=False, 
     if rerank:
         return rerank_module.re_ranking(query, gallery, dist_metric, rerank_k1, rerank_k2,
                                         rerank_lambda, device, rerank_chunk or None).numpy()
-    return compute_distance_matrix(query, gallery, dist_metric).numpy()
+    return compute_distance_matrix(query, gallery, dist_metric, device).numpy()
 
 
 def rank_metrics(distmat, query, gallery, use_metric_cuhk03=False):

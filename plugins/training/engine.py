@@ -23,7 +23,6 @@ from torchreid.reid.utils import visualize_ranked_results
 from plugins.training import distributed
 from plugins.evaluation import protocol as evaluation
 from plugins.training.checkpoint import load_checkpoint, plain, save_checkpoint
-from plugins.evaluation.protocol import set_distance_device
 from plugins.training.precision import Precision, step_unless, use_fused_step
 from plugins.training.resilience import (NonFiniteLossError, StopOnSignal, TrainingInterrupted, checkpoint_name,
                          nondeterministic_kernels_reported, rng_state, set_rng_state)
@@ -75,7 +74,6 @@ class PluginEngine(Engine):
         else:
             self.device = torch.device('cpu')
         self.precision = Precision(amp, self.device)
-        set_distance_device(self.device)
         self.nonfinite_patience = nonfinite_patience
         self.average_gradients = distributed.GradientAverager()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

@@ -18,7 +18,6 @@ from torchreid.reid.utils import (compute_model_complexity, load_pretrained_weig
 from plugins import config as C
 from plugins.training import distributed
 from plugins.evaluation import protocol as evaluation
-from plugins.data import samplers
 from plugins.training.checkpoint import load_weights_strict
 from plugins.data.datasets import synthreid
 from plugins.training.builders import build_engine
@@ -26,7 +25,7 @@ from plugins.nn.flops import count_macs
 from plugins.nn.heads import convert_sync_batchnorm
 from plugins.nn.models import build_model
 from plugins.training.resilience import latest_checkpoint
-from plugins.data.samplers import set_sampler_options
+from plugins.data.samplers import sampler_choice
 from plugins.training.schedulers import build_lr_scheduler
 
 
@@ -136,12 +135,15 @@ def setup_process(cfg):
 
 
 def build_datamanager(cfg):
-    """torchreid's data manager, after passing config-only options to samplers and datasets."""
-    for name, options in C.sampler_options(cfg).items():
-        set_sampler_options(name, **options)
-    samplers.set_shard_seed(cfg.train.seed)
-    synthreid.configure(**C.synthreid_spec(cfg))
+    """torchreid's data manager, with the config's synthreid spec generated and the options
+    of the training samplers passed along with their names."""
+    if synthreid.NAME in list(cfg.data.sources) + list(cfg.data.targets):
+        synthreid.prepare(cfg.data.root, **C.synthreid_spec(cfg))
     kwargs = C.imagedata_kwargs(cfg) if cfg.data.type == 'image' else C.videodata_kwargs(cfg)
+    options = C.sampler_options(cfg)
+    for key in ('train_sampler', 'train_sampler_t'):
+        if key in kwargs:
+            kwargs[key] = sampler_choice(kwargs[key], cfg.train.seed, **options.get(kwargs[key], {}))
     kwargs['batch_size_train'] = distributed.per_rank_batch(cfg.train.batch_size)
     if cfg.data.type == 'image':
         datamanager = host_data.ImageDataManager(**kwargs)

@@ -17,8 +17,8 @@ from torchreid.reid.data import ImageDataManager, ImageDataset
 
 from plugins.data import samplers
 from plugins.data.samplers import (
-    SAMPLERS, PairwiseSampler, PKSampler, build_train_sampler, install, pair_labels,
-    register_sampler, set_sampler_options
+    SAMPLERS, PairwiseSampler, PKSampler, SamplerChoice, build_train_sampler, install, pair_labels,
+    register_sampler, sampler_choice
 )
 
 NUM_IDS = 20
@@ -42,11 +42,6 @@ def make_source():
 @pytest.fixture
 def source():
     return make_source()
-
-
-@pytest.fixture(autouse=True)
-def fresh_options(monkeypatch):
-    monkeypatch.setattr(samplers, '_OPTIONS', {})
 
 
 @pytest.fixture
@@ -372,33 +367,33 @@ def test_unknown_name_lists_builtin_and_registered(source):
         assert name in message
 
 
-def test_set_sampler_options_reach_the_sampler(source):
-    set_sampler_options('PKSampler', seed=11)
-    sampler = build_train_sampler(source, 'PKSampler', batch_size=16, num_instances=4)
+def test_options_travel_with_the_sampler_name(source):
+    choice = sampler_choice('PKSampler', seed=11)
+    assert choice == 'PKSampler' and isinstance(choice, SamplerChoice)
+    sampler = build_train_sampler(source, choice, batch_size=16, num_instances=4)
     assert sampler.seed == 11
     assert list(sampler) == list(PKSampler(source, batch_size=16, num_instances=4, seed=11))
-    set_sampler_options('PairwiseSampler', pos_ratio=0.25, camera_aware=False)
-    pairwise = build_train_sampler(source, 'PairwiseSampler', batch_size=16)
+    pairwise = build_train_sampler(source, sampler_choice('PairwiseSampler', pos_ratio=0.25,
+                                                          camera_aware=False), batch_size=16)
     assert pairwise.num_pos == 2 and not pairwise.camera_aware
-    # build-time kwargs override stored options; clearing restores the default
-    assert build_train_sampler(source, 'PKSampler', seed=12).seed == 12
-    set_sampler_options('PKSampler')
+    # build-time kwargs override the carried options; a plain name gets the defaults
+    assert build_train_sampler(source, choice, seed=12).seed == 12
     assert build_train_sampler(source, 'PKSampler').seed == 0
 
 
 def test_unknown_option_names_sampler_and_accepted_options(source):
     with pytest.raises(TypeError, match=r"'PKSampler'.*\['typo'\].*\['seed'\]"):
-        set_sampler_options('PKSampler', typo=1)
+        sampler_choice('PKSampler', typo=1)
     with pytest.raises(TypeError, match=r"'PairwiseSampler'.*camera_aware.*pos_ratio.*seed"):
         build_train_sampler(source, 'PairwiseSampler', batch_size=8, ratio=0.5)
 
 
 def test_options_for_builtin_or_unknown_samplers():
-    set_sampler_options('RandomSampler')  # no options: allowed, nothing to do
+    assert sampler_choice('RandomSampler') == 'RandomSampler'  # no options: allowed
     with pytest.raises(TypeError, match='RandomSampler'):
-        set_sampler_options('RandomSampler', seed=1)
+        sampler_choice('RandomSampler', seed=1)
     with pytest.raises(KeyError, match='PKSampler'):
-        set_sampler_options('NoSuchSampler', seed=1)
+        sampler_choice('NoSuchSampler', seed=1)
 
 
 @pytest.fixture
@@ -422,12 +417,11 @@ def test_register_custom_sampler_with_decorator(source, temp_name, installed):
         def __len__(self):
             return self.count
 
-    set_sampler_options(temp_name, count=3)
-    built = host_datamanager.build_train_sampler(source, temp_name, batch_size=5)
+    built = host_datamanager.build_train_sampler(source, sampler_choice(temp_name, count=3), batch_size=5)
     assert isinstance(built, FirstImages) and list(built) == [0, 1, 2]
     assert built.batch_size == 5
     with pytest.raises(TypeError, match=r"\['count'\]"):
-        set_sampler_options(temp_name, batch=1)
+        sampler_choice(temp_name, batch=1)
 
 
 def test_duplicate_and_builtin_registration_raise(temp_name):
@@ -466,10 +460,10 @@ def synthetic_dataset(monkeypatch):
     ('RandomSampler', RandomSampler),
 ])
 def test_image_datamanager_builds_chosen_sampler(synthetic_dataset, installed, name, cls):
-    set_sampler_options('PKSampler', seed=9)
     manager = ImageDataManager(
         root='unused', sources=synthetic_dataset, height=32, width=16, use_gpu=False,
-        workers=0, batch_size_train=16, num_instances=4, train_sampler=name
+        workers=0, batch_size_train=16, num_instances=4,
+        train_sampler=sampler_choice(name, seed=9) if name == 'PKSampler' else name
     )
     sampler = manager.train_loader.sampler
     assert type(sampler) is cls

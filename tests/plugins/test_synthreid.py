@@ -39,14 +39,6 @@ def tiny(tmp_path_factory):
     return _generate(tmp_path_factory.mktemp('tiny'))
 
 
-@pytest.fixture(autouse=True)
-def default_spec():
-    """Leave the module-level spec as found."""
-    saved = synthreid.current_spec()
-    yield
-    synthreid.configure(**saved)
-
-
 def test_same_seed_is_byte_identical_and_other_seed_differs(tiny, tmp_path):
     again = _generate(tmp_path / 'again')
     assert _hashes(again) == _hashes(tiny)
@@ -96,7 +88,7 @@ def test_loader_through_datamanager(tmp_path):
     from torchreid.reid.data import ImageDataManager
     synthreid.register()
     synthreid.register()  # idempotent
-    synthreid.configure(**TINY)
+    synthreid.prepare(str(tmp_path), **TINY)  # the host builds it without a spec: it reads the disk
     dm = ImageDataManager(root=str(tmp_path), sources='synthreid', height=64, width=32, batch_size_train=8,
                           workers=0, transforms=['random_flip'], use_gpu=False)
     assert dm.num_train_pids == TINY['num_train_ids']
@@ -135,15 +127,21 @@ def test_interrupted_generation_leaves_no_dataset(tmp_path, monkeypatch):
     assert os.listdir(str(tmp_path)) == []
 
 
-def test_configure_validates():
-    assert synthreid.configure(num_cams=4, cams_per_id=3)['cams_per_id'] == [3, 3]
-    assert synthreid.current_spec()['num_train_ids'] == synthreid.DEFAULT_SPEC['num_train_ids']
-    with pytest.raises(TypeError):
-        synthreid.configure(num_ids=3)
-    with pytest.raises(ValueError):
-        synthreid.configure(num_cams=7)
-    with pytest.raises(ValueError):
-        synthreid.configure(num_cams=3, cams_per_id=[2, 4])
+def test_spec_validation():
+    full = synthreid.validate_spec({**synthreid.DEFAULT_SPEC, 'num_cams': 4, 'cams_per_id': 3})
+    assert full['cams_per_id'] == [3, 3]
+    for bad, error in (({'num_ids': 3}, TypeError), ({'num_cams': 7}, ValueError),
+                       ({'num_cams': 3, 'cams_per_id': [2, 4]}, ValueError)):
+        with pytest.raises(error):
+            synthreid.prepare('/nonexistent-never-written', **bad)
+
+
+def test_without_a_spec_the_dataset_on_disk_is_read(tmp_path, capsys):
+    synthreid.prepare(str(tmp_path), **TINY)
+    assert 'generated' in capsys.readouterr().out
+    data = synthreid.SynthReID(root=str(tmp_path), verbose=False)  # as the host builds it
+    assert 'generated' not in capsys.readouterr().out
+    assert data.num_train_pids == TINY['num_train_ids'] and data.spec['seed'] == TINY['seed']
 
 
 def _histogram(path):

@@ -10,7 +10,6 @@ from PIL import Image
 
 import plugins
 from plugins import visualization as V
-from plugins.data.datasets import synthreid
 from plugins.training.launch import build_datamanager, setup_config
 from plugins.nn.models import build_model
 from tests.conftest import TINY_SYNTHREID, load_tool, run_tool, snapshot
@@ -397,11 +396,7 @@ def test_cli_ranked_and_attention_end_to_end(tmp_path):
     config = os.path.join(REPO, 'configs/baselines/resnet50_synthreid.yaml')
     root = str(tmp_path / 'data')
     opts = [*TINY_SYNTHREID, *FAST, 'data.save_dir', str(tmp_path / 'log')]
-    saved_spec = synthreid.current_spec()
-    try:
-        run_cli(tmp_path, config, root, opts)
-    finally:  # building a data manager in-process sets synthreid's module-level spec
-        synthreid.configure(**saved_spec)
+    run_cli(tmp_path, config, root, opts)
 
 
 def run_cli(tmp_path, config, root, opts):

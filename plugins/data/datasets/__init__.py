@@ -1,5 +1,5 @@
 """Datasets shipped with the plugin suite."""
 from plugins.data.datasets import synthreid
-from plugins.data.datasets.synthreid import SynthReID, configure, register
+from plugins.data.datasets.synthreid import SynthReID, prepare, register
 
-__all__ = ['synthreid', 'SynthReID', 'configure', 'register']
+__all__ = ['synthreid', 'SynthReID', 'prepare', 'register']

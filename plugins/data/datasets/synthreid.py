@@ -17,9 +17,13 @@ jitter, clutter and occlusion.
 Usage::
 
     from plugins.data.datasets import synthreid
-    synthreid.register()                    # once: makes 'synthreid' a torchreid source
-    synthreid.configure(num_train_ids=50)   # optional, before building the datamanager
+    synthreid.register()                            # once: 'synthreid' is a torchreid source
+    synthreid.prepare('reid-data', num_train_ids=50)  # optional: another spec than the default
     ImageDataManager(root='reid-data', sources='synthreid', ...)
+
+The host builds datasets without a spec, so the dataset is what is on disk: the launcher
+generates the config's spec (``synthreid.*`` keys) with :func:`prepare` before it builds
+the data manager.
 """
 import copy
 import json
@@ -61,8 +65,6 @@ DEFAULT_SPEC = {
 }
 
 _RANGE_KEYS = ('cams_per_id', 'images_per_id_per_cam')
-_spec = copy.deepcopy(DEFAULT_SPEC)
-
 SUPERSAMPLE = 2  # people are drawn at this multiple of the stored size, then downsampled
 JPEG_QUALITY = 90
 SUBSET_DIRS = {'train': 'bounding_box_train', 'query': 'query', 'gallery': 'bounding_box_test'}
@@ -126,16 +128,16 @@ def validate_spec(spec):
     return spec
 
 
-def configure(**spec):
-    """Set the spec of SynthReID datasets built from now on to DEFAULT_SPEC updated with ``spec``; return it."""
-    global _spec
-    _spec = validate_spec({**DEFAULT_SPEC, **spec})
-    return current_spec()
+def prepare(root, **spec):
+    """Generate ``<root>/synthreid`` from DEFAULT_SPEC updated with ``spec``, unless it holds
+    that dataset already; return the full spec."""
+    full = validate_spec({**DEFAULT_SPEC, **spec})
+    ensure_generated(dataset_folder(root), full)
+    return full
 
 
-def current_spec():
-    """Return a copy of the spec that SynthReID uses when none is passed."""
-    return copy.deepcopy(_spec)
+def dataset_folder(root):
+    return osp.join(osp.abspath(osp.expanduser(root)), NAME)
 
 
 # ----------------------------------------------------------------------------
@@ -606,14 +608,19 @@ def _spec_record(spec):
     return {'generator_version': GENERATOR_VERSION, 'spec': spec}
 
 
-def is_generated(dataset_dir, spec):
-    """Whether ``dataset_dir`` holds a complete dataset generated from ``spec``."""
+def stored_spec(dataset_dir):
+    """The spec of the complete dataset in ``dataset_dir`` made by this generator version, or None."""
     try:
         with open(osp.join(dataset_dir, 'spec.json')) as f:
             stored = json.load(f)
     except (OSError, ValueError):
-        return False
-    return {k: stored.get(k) for k in ('generator_version', 'spec')} == _spec_record(spec)
+        return None
+    return stored.get('spec') if stored.get('generator_version') == GENERATOR_VERSION else None
+
+
+def is_generated(dataset_dir, spec):
+    """Whether ``dataset_dir`` holds a complete dataset generated from ``spec``."""
+    return stored_spec(dataset_dir) == _spec_record(spec)['spec']
 
 
 def _stats(shots):
@@ -691,8 +698,9 @@ def ensure_generated(dataset_dir, spec):
 class SynthReID(ImageDataset):
     """Procedurally generated person re-id dataset in Market-1501's layout.
 
-    The spec is the one set with :func:`configure` (``DEFAULT_SPEC`` by default), or
-    ``spec`` (DEFAULT_SPEC updated with it). ``stats`` holds image and identity counts
+    With ``spec`` (DEFAULT_SPEC updated with it) that dataset is generated unless on disk;
+    without (as the host builds it), the dataset on disk is read (see :func:`prepare`), and
+    DEFAULT_SPEC generated where there is none. ``stats`` holds image and identity counts
     per folder, including the pid 0 distractors and pid -1 junk in the gallery folder.
     """
     _junk_pids = [0, -1]
@@ -701,7 +709,9 @@ class SynthReID(ImageDataset):
     def __init__(self, root='', spec=None, **kwargs):
         self.root = osp.abspath(osp.expanduser(root))
         self.dataset_dir = osp.join(self.root, self.dataset_dir)
-        self.spec = current_spec() if spec is None else validate_spec({**DEFAULT_SPEC, **spec})
+        if spec is None:
+            spec = stored_spec(self.dataset_dir) or DEFAULT_SPEC
+        self.spec = validate_spec({**DEFAULT_SPEC, **spec})
         ensure_generated(self.dataset_dir, self.spec)
         with open(osp.join(self.dataset_dir, 'spec.json')) as f:
             self.stats = json.load(f)['stats']
