@@ -41,7 +41,7 @@ from plugins.registry import (APPEARANCE_SWAPS, ATTENTION_MAPS, BENCHMARKS, CONF
 from plugins.training.builders import build_engine, engine_options
 from plugins.training.checkpoint import load_weights_strict, save_checkpoint
 from plugins.training.distributed import per_rank_batch
-from plugins.training.engine import PluginEngine
+from plugins.training.engine import NoData, PluginEngine
 from plugins.training.hooks import AdversarialStepHook, CriticUpdateHook, Hook, TeacherDistillationHook
 from plugins.training.schedulers import build_lr_scheduler
 from plugins.training.terms import LossTerm, accuracy, cross_entropy_term, reid_loss_terms, triplet_term
@@ -52,7 +52,6 @@ _TOOLING = {
     'interleaved_times': 'plugins.benchmarking.measure',
     'time_with_peak_memory': 'plugins.benchmarking.measure',
     'call_in_subprocess': 'plugins.benchmarking.measure',
-    'NoData': 'plugins.benchmarking.steps',
     'pk_batch': 'plugins.benchmarking.steps',
     'step_engine': 'plugins.benchmarking.steps',
     'Report': 'plugins.benchmarking.official',
@@ -79,7 +78,7 @@ __all__ = [
     # data
     'pair_labels', 'sampler_choice',
     # training
-    'AdversarialStepHook', 'CriticUpdateHook', 'Hook', 'LossTerm', 'PluginEngine',
+    'AdversarialStepHook', 'CriticUpdateHook', 'Hook', 'LossTerm', 'NoData', 'PluginEngine',
     'TeacherDistillationHook', 'accuracy', 'build_engine', 'build_lr_scheduler', 'cross_entropy_term',
     'engine_options', 'load_weights_strict', 'per_rank_batch', 'reid_loss_terms', 'save_checkpoint',
     'triplet_term',

@@ -11,7 +11,7 @@ from plugins.benchmarking.measure import interleaved_times, median_time
 from plugins.benchmarking.sections import train_for_budget
 from plugins.training.resilience import latest_checkpoint
 from plugins.training.launch import build_run, setup_config
-from tests.conftest import REPO, TINY_SYNTHREID, load_tool
+from tests.helpers import REPO, TINY_SYNTHREID, load_tool
 
 CONFIGS = [os.path.join(REPO, 'configs', 'baselines', name)
            for name in ('resnet50_synthreid.yaml', 'resnet50_triplet_synthreid.yaml')]

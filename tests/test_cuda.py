@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from plugins.training.precision import Precision
-from tests.conftest import REPO, amp_step
+from tests.helpers import REPO, amp_step
 from tests.test_shipped_configs import MODEL_ENGINES, TINY, _teacher_opts
 
 pytestmark = [pytest.mark.cuda,

@@ -10,7 +10,7 @@ import pytest
 from torchreid.reid.data.datasets.image.market1501 import Market1501
 
 from plugins.training.launch import build_datamanager, setup_config
-from tests.conftest import MARKET_SUBSET_IDS, REPO, run_benchmark_section, run_tool
+from tests.helpers import MARKET_SUBSET_IDS, REPO, run_benchmark_section, run_tool
 
 PROJECT_SCRATCH_CONFIGS = sorted(
     c for c in glob.glob(os.path.join(REPO, 'configs', '*', '*_scratch_market1501.yaml'))

@@ -15,8 +15,8 @@ from plugins import LossTerm, PluginEngine
 from plugins.training.checkpoint import load_checkpoint, save_checkpoint
 from plugins.data.images import ImageReadError, read_image
 from plugins.training.resilience import NonFiniteLossError, latest_checkpoint
-from tests.conftest import (REPO, TINY_SYNTHREID, FakeDataManager, TinyReIDNet, count_host_reads,
-                            run_tool)
+from plugins import NoData
+from tests.helpers import REPO, TINY_SYNTHREID, TinyReIDNet, count_host_reads, run_tool
 
 CONFIG = os.path.join(REPO, 'configs', 'baselines', 'resnet50_synthreid.yaml')
 RUN = ['model.name', 'resnet18', 'train.max_epoch', '2', 'train.batch_size', '4', 'use_gpu', 'False',
@@ -95,7 +95,7 @@ def test_resume_from_an_end_of_epoch_checkpoint_repeats_the_next_epoch(tmp_path)
 
 def _fake_engine(tmp_path, patience):
     model = TinyReIDNet(num_classes=4)
-    engine = PluginEngine(FakeDataManager(4), model, torch.optim.SGD(model.parameters(), lr=0.1),
+    engine = PluginEngine(NoData(4), model, torch.optim.SGD(model.parameters(), lr=0.1),
                           use_gpu=False, nonfinite_patience=patience)
     engine.save_dir = str(tmp_path)
     return engine
@@ -143,7 +143,7 @@ def test_a_step_reads_nothing_on_the_host_with_fused_optimisers(tmp_path, tiny_b
     """Fused kernels skip on the device flag; RMSprop (no fused kernels) must read it."""
     model = TinyReIDNet(num_classes=4)
     cls = {'sgd': torch.optim.SGD, 'rmsprop': torch.optim.RMSprop}[optim]
-    engine = PluginEngine(FakeDataManager(4), model, cls(model.parameters(), lr=0.1),
+    engine = PluginEngine(NoData(4), model, cls(model.parameters(), lr=0.1),
                           use_gpu=False, nonfinite_patience=3)
     engine.loss_terms = [LossTerm('loss_x', 1.0, lambda e, b, o: torch.nn.functional.cross_entropy(
         o, b['pid']))]
@@ -223,7 +223,7 @@ def test_kernels_without_a_deterministic_implementation_are_named(capsys):
 
 def test_under_fp16_a_non_finite_term_skips_the_step_even_with_finite_gradients(tmp_path, tiny_batch):
     model = TinyReIDNet(num_classes=4)
-    engine = PluginEngine(FakeDataManager(4), model, torch.optim.SGD(model.parameters(), lr=0.1),
+    engine = PluginEngine(NoData(4), model, torch.optim.SGD(model.parameters(), lr=0.1),
                           use_gpu=False, nonfinite_patience=3, amp='fp16')
     engine.loss_terms = [
         LossTerm('loss_x', 1.0, lambda e, b, o: torch.nn.functional.cross_entropy(o.float(), b['pid'])),

@@ -20,7 +20,7 @@ import plugins
 from plugins.training.checkpoint import save_checkpoint
 from plugins.training.launch import setup_config
 from plugins.training.precision import Precision
-from tests.conftest import (REPO, TINY_SYNTHREID, amp_step, count_host_reads, ddp_rank_checksums,
+from tests.helpers import (REPO, TINY_SYNTHREID, amp_step, count_host_reads, ddp_rank_checksums,
                             tiny_synthreid_run)
 
 NUM_IDS = 6  # TINY_SYNTHREID's training identities

@@ -2,7 +2,7 @@
 import os
 import re
 
-from tests.conftest import REPO, TINY_SYNTHREID, run_tool
+from tests.helpers import REPO, TINY_SYNTHREID, run_tool
 
 FAST = ['data.height', '32', 'data.width', '16', 'data.workers', '0', 'train.batch_size', '8',
         'test.batch_size', '16', 'train.print_freq', '1']

@@ -10,14 +10,6 @@ def pk_batch(batch_size, height, width, num_classes, device, num_instances=4):
             'pid': pids.to(device), 'camid': torch.zeros(batch_size, dtype=torch.long)}
 
 
-class NoData:
-    """What torchreid's ``Engine`` reads from a data manager, for steps on a fixed batch."""
-
-    def __init__(self, num_train_pids):
-        self.train_loader, self.test_loader, self.sources = [], {}, []
-        self.num_train_pids = num_train_pids
-
-
 def step_engine(model, num_classes, engine_name='triplet', use_gpu=False, opts=()):
     """A registered engine around ``model`` (CE + triplet at weight 1, SGD) for timing single steps.
 
@@ -25,6 +17,7 @@ def step_engine(model, num_classes, engine_name='triplet', use_gpu=False, opts=(
     """
     from plugins.config import get_default_config, merge_from_list
     from plugins.training.builders import build_engine
+    from plugins.training.engine import NoData
 
     cfg = get_default_config()
     cfg.use_gpu = use_gpu

@@ -644,3 +644,12 @@ def _read_later(flag):
         event.synchronize()
         return host.item()
     return read
+
+
+class NoData:
+    """What torchreid's ``Engine`` reads from a data manager, for an engine whose batches are
+    fed by hand (``engine.forward_backward(batch)``): benchmarks, checks, tests."""
+
+    def __init__(self, num_train_pids):
+        self.train_loader, self.test_loader, self.sources = [], {}, []
+        self.num_train_pids = num_train_pids

@@ -58,8 +58,8 @@ from collections import namedtuple
 import torch
 import torch.nn as nn
 
-from plugins import (AdversarialStepHook, Report, TeacherDistillationHook, compare, copy_parameters,
-                     time_side_by_side)
+from plugins import (AdversarialStepHook, NoData, Report, TeacherDistillationHook, compare,
+                     copy_parameters, time_side_by_side)
 
 from . import engine as dgnet_engine
 
@@ -183,14 +183,6 @@ def mapped_pairs(network, ours, official):
 # The two sides
 # --------------------------------------------------------------------------------------
 
-class _NoData:
-    """What the engine reads from a data manager: the check feeds the batches itself."""
-
-    def __init__(self, num_train_pids):
-        self.train_loader, self.test_loader, self.sources = [], {}, []
-        self.num_train_pids = num_train_pids
-
-
 def _random_teacher(folder):
     """A torchreid ``resnet50`` teacher, random, its classifier drawn N(0, 0.1) so that its soft
     labels are far from uniform; saved as a checkpoint for ``teacher.weights``."""
@@ -219,7 +211,7 @@ def build_ours(teacher_weights, dtype=torch.float64, pairs=PAIRS, device='cpu'):
     model = build_model_from_config(cfg, NUM_CLASSES).to(device, dtype)
     optimizer = host_optim.build_optimizer(model, **optimizer_kwargs(cfg))
     scheduler = build_lr_scheduler(optimizer, **lr_scheduler_kwargs(cfg))
-    return build_engine(cfg, _NoData(NUM_CLASSES), model, optimizer, scheduler)
+    return build_engine(cfg, NoData(NUM_CLASSES), model, optimizer, scheduler)
 
 
 class _OfficialTeacher(nn.Module):

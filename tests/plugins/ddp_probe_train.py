@@ -18,7 +18,7 @@ import plugins
 from plugins.training.builders import build_reid_engine
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from conftest import TinyReIDNet, load_tool  # noqa: E402
+from tests.helpers import TinyReIDNet, load_tool  # noqa: E402
 
 
 def build_probe(num_classes, loss='softmax', pretrained=False, use_gpu=False, **kwargs):

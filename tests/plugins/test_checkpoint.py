@@ -7,7 +7,7 @@ import torch
 from torchreid.reid.utils import load_pretrained_weights, resume_from_checkpoint
 
 from plugins.training.checkpoint import atomic_save, load_checkpoint, save_checkpoint
-from tests.conftest import TinyReIDNet
+from tests.helpers import TinyReIDNet
 
 
 def test_saved_metadata_is_plain_python_and_loads_weights_only(tmp_path):

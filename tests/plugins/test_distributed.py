@@ -12,7 +12,7 @@ from plugins.training.checkpoint import load_checkpoint
 from plugins.training.distributed import BatchShard, GradientAverager, local_device_index
 from plugins.data.samplers import PKSampler, PairwiseSampler
 
-from conftest import REPO, TINY_SYNTHREID
+from tests.helpers import REPO, TINY_SYNTHREID
 
 PROBE = os.path.join(REPO, 'tests', 'plugins', 'ddp_probe_train.py')
 CONFIG = os.path.join(REPO, 'configs', 'baselines', 'resnet50_synthreid.yaml')

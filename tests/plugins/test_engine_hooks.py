@@ -6,9 +6,10 @@ import torch.nn.functional as F
 from plugins.training.checkpoint import save_checkpoint
 from plugins.training.engine import PluginEngine
 from plugins.training.terms import LossTerm
-from plugins.training.hooks import (AdversarialStepHook, CriticUpdateHook, Hook, TeacherDistillationHook,
-                           frozen)
-from tests.conftest import FakeDataManager, TinyReIDNet, changed, snapshot
+from plugins import NoData
+from plugins.nn.modules import frozen
+from plugins.training.hooks import AdversarialStepHook, CriticUpdateHook, Hook, TeacherDistillationHook
+from tests.helpers import TinyReIDNet, changed, snapshot
 
 
 def ce_term():
@@ -20,7 +21,7 @@ def make_engine(hooks=(), lr=0.1, loss='triplet'):
     model = TinyReIDNet(4, loss)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
-    return PluginEngine(FakeDataManager(), model, optimizer, scheduler, use_gpu=False,
+    return PluginEngine(NoData(4), model, optimizer, scheduler, use_gpu=False,
                         loss_terms=[ce_term()], hooks=hooks)
 
 
@@ -252,7 +253,7 @@ def test_finish_outputs_runs_after_the_hooks_updates_and_feeds_the_loss_terms(ti
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     seen = []
     term = LossTerm('loss_x', 1.0, lambda e, b, o: seen.append(o[2]) or F.cross_entropy(o[0], b['pid']))
-    engine = TwoStage(FakeDataManager(), model, optimizer, None, use_gpu=False, loss_terms=[term],
+    engine = TwoStage(NoData(4), model, optimizer, None, use_gpu=False, loss_terms=[term],
                       hooks=[Recording()])
     engine.forward_backward(tiny_batch)
     assert order == ['model_outputs', 'after_forward', 'finish_outputs', ('after_step', 'finished')]

@@ -12,7 +12,7 @@ from plugins.evaluation.protocol import (
     average_query_expansion, eval_cuhk03, evaluate_rank, evaluate_rank_full, flip_averaged,
     patch_host_cuhk03_metric
 )
-from tests.conftest import load_tool
+from tests.helpers import load_tool
 
 with warnings.catch_warnings():
     warnings.simplefilter('ignore')  # torchreid warns that its Cython metric is missing
@@ -267,7 +267,7 @@ def test_average_query_expansion_on_a_hand_computed_case():
 
 
 def test_each_evaluation_appends_a_json_line_matching_what_it_prints(tmp_path, capsys):
-    from tests.conftest import REPO, tiny_synthreid_run
+    from tests.helpers import REPO, tiny_synthreid_run
     config = os.path.join(REPO, 'configs', 'baselines', 'resnet50_synthreid.yaml')
     engine = tiny_synthreid_run(config, tmp_path, 'model.name', 'resnet18')
     plain = engine.test(save_dir=str(tmp_path))
@@ -289,7 +289,7 @@ def test_each_evaluation_appends_a_json_line_matching_what_it_prints(tmp_path, c
 def test_a_training_run_logs_its_losses_and_every_evaluation(tmp_path, capsys):
     """Training lines at print_freq and one line per periodic and final evaluation, with
     re-ranking in both (the host re-ranks in test-only runs alone)."""
-    from tests.conftest import REPO, tiny_synthreid_run
+    from tests.helpers import REPO, tiny_synthreid_run
     config = os.path.join(REPO, 'configs', 'baselines', 'resnet50_synthreid.yaml')
     engine = tiny_synthreid_run(config, tmp_path, 'model.name', 'resnet18')
     save_dir = str(tmp_path / 'run')

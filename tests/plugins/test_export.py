@@ -24,7 +24,7 @@ from plugins.export import (FP16_RTOL, FP32_RTOL, ExportError, ExportParityError
                             OnnxFeatureExtractor, check_parity, export_onnx, read_metadata,
                             training_only_initializers, training_only_parameters)
 from plugins.training.launch import build_datamanager, setup_config
-from tests.conftest import TINY_SYNTHREID, load_tool, run_tool
+from tests.helpers import TINY_SYNTHREID, load_tool, run_tool
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, 'configs', 'baselines', 'resnet50_synthreid.yaml')

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='glibc mallopt only')
 

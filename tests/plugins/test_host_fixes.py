@@ -8,7 +8,7 @@ from torchreid.reid.data import ImageDataManager
 
 import plugins
 from plugins.host.fixes import install_host_fixes
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_missing_dataset_folder_is_named_and_nothing_is_downloaded(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from plugins.benchmarking import official
 from plugins.benchmarking.official import Report, compare, official_code
-from tests.conftest import load_tool
+from tests.helpers import load_tool
 
 FAKE_OFFICIAL = '''
 import torch

@@ -8,7 +8,8 @@ from plugins import AdversarialStepHook, PluginEngine
 from plugins.training.checkpoint import load_checkpoint
 from plugins.training.terms import cross_entropy_term
 from plugins.training.precision import Precision
-from tests.conftest import FakeDataManager, TinyReIDNet, amp_step
+from plugins import NoData
+from tests.helpers import TinyReIDNet, amp_step
 
 
 def test_unknown_mode_names_the_accepted_ones():
@@ -19,7 +20,7 @@ def test_unknown_mode_names_the_accepted_ones():
 def gan_engine(amp):
     torch.manual_seed(0)
     model = TinyReIDNet(num_classes=4, loss='triplet')
-    engine = PluginEngine(FakeDataManager(4), model, torch.optim.SGD(model.parameters(), lr=0.1),
+    engine = PluginEngine(NoData(4), model, torch.optim.SGD(model.parameters(), lr=0.1),
                           use_gpu=False, amp=amp)
     engine.loss_terms = [cross_entropy_term(engine, 1.0, True)]
     disc = torch.nn.Linear(8, 1)
@@ -58,14 +59,14 @@ def test_config_key_reaches_the_registered_engines():
     cfg.use_gpu = False
     cfg.train.amp = 'bf16'
     model = TinyReIDNet(num_classes=4)
-    engine = plugins.build_engine(cfg, FakeDataManager(4), model,
+    engine = plugins.build_engine(cfg, NoData(4), model,
                                   torch.optim.SGD(model.parameters(), lr=0.1), None)
     assert engine.precision.dtype == torch.bfloat16
 
 
 def test_channels_last_model_and_batches(tiny_batch):
     model = TinyReIDNet(num_classes=4)
-    engine = PluginEngine(FakeDataManager(4), model, torch.optim.SGD(model.parameters(), lr=0.1),
+    engine = PluginEngine(NoData(4), model, torch.optim.SGD(model.parameters(), lr=0.1),
                           use_gpu=False, channels_last=True)
     engine.loss_terms = [cross_entropy_term(engine, 1.0, True)]
     conv = engine.model.backbone[0]

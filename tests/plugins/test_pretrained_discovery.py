@@ -91,7 +91,7 @@ def install_project(tmp_path, monkeypatch):
 
 def test_installed_projects_are_discovered_and_register_themselves(install_project):
     install_project('demo_reid_project', 'import plugins\n'
-                    'from tests.conftest import TinyReIDNet\n'
+                    'from tests.helpers import TinyReIDNet\n'
                     "plugins.register_model('demo_project_net', TinyReIDNet)\n")
     try:
         loaded = plugins.load_projects()

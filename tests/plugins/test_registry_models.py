@@ -7,7 +7,7 @@ import plugins
 from plugins.training.checkpoint import save_checkpoint
 from plugins.nn.models import build_model, register_model, unregister_model
 from plugins.registry import Registry
-from tests.conftest import TinyReIDNet
+from tests.helpers import TinyReIDNet
 
 
 def test_registry_duplicate_and_unknown_names():

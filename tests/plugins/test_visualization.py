@@ -12,7 +12,7 @@ import plugins
 from plugins import visualization as V
 from plugins.training.launch import build_datamanager, setup_config
 from plugins.nn.models import build_model
-from tests.conftest import TINY_SYNTHREID, load_tool, run_tool, snapshot
+from tests.helpers import TINY_SYNTHREID, load_tool, run_tool, snapshot
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -187,7 +187,7 @@ def test_grad_cam_on_torchreid_models(name, layer, size):
 def test_grad_cam_on_a_registered_triplet_model():
     """A plugin model built through the registry; training output (logits, features)."""
     from plugins.nn.models import register_model, unregister_model
-    from tests.conftest import TinyReIDNet
+    from tests.helpers import TinyReIDNet
 
     register_model('tiny_vis_net', lambda num_classes, loss='softmax', pretrained=True, use_gpu=True:
                    TinyReIDNet(num_classes, loss))

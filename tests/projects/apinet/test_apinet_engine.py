@@ -12,7 +12,7 @@ import torch.nn as nn
 import plugins
 from plugins.training.launch import build_run, setup_config
 from projects.apinet.engine import build_apinet_engine
-from tests.conftest import amp_step
+from tests.helpers import amp_step
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 CONFIG_DIR = os.path.join(REPO, 'configs', 'apinet')

@@ -10,7 +10,7 @@ from plugins.benchmarking.official import copy_parameters
 from projects.apinet import official
 from projects.apinet.losses import pair_cross_entropy, score_ranking_loss
 from projects.apinet.model import APINet
-from tests.conftest import load_tool
+from tests.helpers import load_tool
 
 REPOSITORY = 'PeiqinZhuang/API-Net'
 # the official API_Net's head (models.py): map1 Linear(2048 * 2, 512), map2 Linear(512, 2048),

@@ -16,8 +16,9 @@ from projects.casn.attention import (aligned_attention, differentiable_cam,
 from projects.casn.benchmark import pair_batch
 from projects.casn.engine import build_casn_engine
 from projects.casn.model import CASNNet
-from tests.conftest import (REPO, FakeDataManager, amp_step, changed, run_benchmark_section,
-                            snapshot, tiny_synthreid_run)
+from plugins import NoData
+from tests.helpers import (REPO, amp_step, changed, run_benchmark_section, snapshot,
+                           tiny_synthreid_run)
 
 CONFIG_DIR = os.path.join(REPO, 'configs', 'casn')
 
@@ -119,7 +120,7 @@ def make_engine(backbone='ide', classes=4, amp=''):
     cfg.sampler.train_sampler = 'PairwiseSampler'
     model = plugins.build_model('casn_{}_resnet50'.format(backbone), classes, pretrained=False)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    return build_casn_engine(cfg, FakeDataManager(classes), model, optimizer, None)
+    return build_casn_engine(cfg, NoData(classes), model, optimizer, None)
 
 
 @pytest.mark.parametrize('backbone', ['ide', 'pcb'])
@@ -152,10 +153,10 @@ def test_engine_needs_pairs_and_a_casn_model():
     model = CASNNet(3)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="needs sampler.train_sampler 'PairwiseSampler'"):
-        build_casn_engine(cfg, FakeDataManager(3), model, opt, None)
+        build_casn_engine(cfg, NoData(3), model, opt, None)
     net = plugins.build_model('resnet18', 3, pretrained=False)
     with pytest.raises(TypeError, match="engine 'casn' needs a CASN model"):
-        build_casn_engine(cfg, FakeDataManager(3), net, opt, None)
+        build_casn_engine(cfg, NoData(3), net, opt, None)
 
 
 def test_a_short_run_on_generated_pairs_lowers_the_loss(tmp_path):
@@ -256,7 +257,7 @@ def test_verification_head_is_finite_under_fp16_autocast_where_fp16_squares_over
 def test_ablation_configs_weigh_the_terms_they_name(config, weights):
     cfg = setup_config(os.path.join(CONFIG_DIR, config), ['model.pretrained', 'False'])
     model = CASNNet(3)
-    engine = build_casn_engine(cfg, FakeDataManager(3), model,
+    engine = build_casn_engine(cfg, NoData(3), model,
                                torch.optim.SGD(model.parameters(), lr=0.1), None)
     terms = {t.name: t.weight for t in engine.loss_terms}
     assert (terms['loss_ia'], terms['loss_ver'], terms['loss_sa']) == weights

@@ -21,7 +21,8 @@ from projects.casn.attention import (aligned_attention, casn_attention_maps,
                                      soft_mask, true_class_probability)
 from projects.casn.engine import STEP_KEY, build_casn_engine
 from projects.casn.model import CASNNet, CASNOutputs
-from tests.conftest import FakeDataManager
+from plugins import NoData
+
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -61,7 +62,7 @@ def tiny_engine(model, *opts):
     cfg.use_gpu = False
     cfg.sampler.train_sampler = 'PairwiseSampler'
     cfg.merge_from_list(list(opts))
-    engine = build_casn_engine(cfg, FakeDataManager(2), model,
+    engine = build_casn_engine(cfg, NoData(2), model,
                                torch.optim.SGD(model.parameters(), lr=0.1), None)
     return engine, {t.name: t for t in engine.loss_terms}
 

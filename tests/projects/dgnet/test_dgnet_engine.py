@@ -7,11 +7,12 @@ import torch
 
 import plugins
 from plugins.training.checkpoint import save_checkpoint
-from plugins.training.hooks import AdversarialStepHook, TeacherDistillationHook, batchnorm_stats_frozen
+from plugins.nn.modules import batchnorm_stats_frozen
+from plugins.training.hooks import AdversarialStepHook, TeacherDistillationHook
 from projects.dgnet.engine import random_erase
 from projects.dgnet.networks import AppearanceEncoder
 
-from tests.conftest import (REPO, TINY_SYNTHREID, amp_step, changed, ddp_rank_checksums, load_tool,
+from tests.helpers import (REPO, TINY_SYNTHREID, amp_step, changed, ddp_rank_checksums, load_tool,
                             run_benchmark_section, snapshot, tiny_synthreid_run)
 
 CONFIG = os.path.join(REPO, 'configs', 'dgnet', 'dgnet_resnet50_synthreid.yaml')

@@ -312,6 +312,6 @@ def test_flip_merges_as_the_official_test_does():
     p = F.normalize(halves[0][0] + halves[1][0], dim=1)
     f = F.normalize(halves[0][1] + halves[1][1], dim=1)
     torch.testing.assert_close(ours, torch.cat([p, 0.5 ** 0.5 * f], dim=1))
-    from tests.conftest import REPO
+    from tests.helpers import REPO
     assert setup_config(os.path.join(REPO, 'configs', 'dgnet', 'dgnet_resnet50_market1501.yaml'),
                         []).test.flip

@@ -8,7 +8,7 @@ import pytest
 from projects.dgnet.networks import AppearanceEncoder, Generator, MultiScaleDiscriminator
 from projects.dgnet.official import NUM_CLASSES, official_name
 
-from tests.conftest import load_tool
+from tests.helpers import load_tool
 
 NETWORKS = [('E_a', lambda: AppearanceEncoder(NUM_CLASSES)), ('generator', Generator),
             ('D', MultiScaleDiscriminator)]

@@ -11,7 +11,7 @@ from plugins.nn.pretrained import PretrainedWeightsNotFound
 from projects.rga.model import RGANet, rga_attention_maps
 from projects.rga.modules import RGAModule, relation_features
 from projects.rga.reference import reference_forward, reference_rga
-from tests.conftest import amp_step
+from tests.helpers import amp_step
 
 VARIANTS = ['s', 'c', 'sc']
 

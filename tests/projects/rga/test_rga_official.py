@@ -9,7 +9,7 @@ import torch.nn as nn
 from plugins.benchmarking.official import copy_parameters
 from projects.rga.model import RGANet
 from projects.rga.official import mapped_pairs, official_name
-from tests.conftest import load_tool
+from tests.helpers import load_tool
 
 REPOSITORY = 'microsoft/Relation-Aware-Global-Attention-Networks'
 # the official ResNet50_RGA_Model's top-level names (rga_model.py, rga_branches.py)

@@ -7,7 +7,7 @@ import torch
 import plugins
 from plugins.export import check_parity, export_onnx, read_metadata
 from plugins.training.launch import setup_config
-from tests.conftest import REPO, run_benchmark_section, tiny_synthreid_run
+from tests.helpers import REPO, run_benchmark_section, tiny_synthreid_run
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 CONFIG_DIR = os.path.join(REPO, 'configs', 'rga')

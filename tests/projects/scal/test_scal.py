@@ -7,13 +7,14 @@ import torch
 
 import plugins
 from plugins.export import check_parity, export_onnx, training_only_parameters
-from plugins.training.hooks import batchnorm_stats_frozen
+from plugins.nn.modules import batchnorm_stats_frozen
 from plugins.training.launch import setup_config
 from projects.scal.engine import STEP_KEY, build_scal_engine, rewards
 from projects.scal.model import (ChannelAgent, SCALNet, SpatialAgent, critic_state,
                                  scal_attention_maps)
-from tests.conftest import (REPO, FakeDataManager, amp_step, changed, run_benchmark_section,
-                            snapshot, tiny_synthreid_run)
+from plugins import NoData
+from tests.helpers import (REPO, amp_step, changed, run_benchmark_section, snapshot,
+                           tiny_synthreid_run)
 
 CONFIG_DIR = os.path.join(REPO, 'configs', 'scal')
 KINDS = ['spatial', 'channel']
@@ -37,7 +38,7 @@ def make_engine(kind='channel', value_weight=1.0, classes=4, amp='', value_reach
     model = plugins.build_model('scal_{}_resnet50'.format(kind), classes, loss='triplet',
                                 pretrained=False, height=64, width=32)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    return build_scal_engine(cfg, FakeDataManager(classes), model, optimizer, None)
+    return build_scal_engine(cfg, NoData(classes), model, optimizer, None)
 
 
 def forward_step(**engine_options):
@@ -279,7 +280,7 @@ def test_shipped_configs_load_and_wrong_sizes_or_models_are_named():
     cfg = plugins.get_default_config()
     net = plugins.build_model('resnet18', 3, pretrained=False)
     with pytest.raises(TypeError, match="engine 'scal' needs a SCAL model"):
-        build_scal_engine(cfg, FakeDataManager(3), net, torch.optim.SGD(net.parameters(), lr=0.1), None)
+        build_scal_engine(cfg, NoData(3), net, torch.optim.SGD(net.parameters(), lr=0.1), None)
 
 
 def test_benchmark_section_reports_the_ratio_to_the_plain_step(tmp_path):
