@@ -44,6 +44,7 @@ from plugins.training.distributed import per_rank_batch
 from plugins.training.engine import NoData, PluginEngine
 from plugins.training.hooks import AdversarialStepHook, CriticUpdateHook, Hook, TeacherDistillationHook
 from plugins.training.schedulers import build_lr_scheduler
+from plugins.training.step import Step, model_output
 from plugins.training.terms import LossTerm, accuracy, cross_entropy_term, reid_loss_terms, triplet_term
 
 #: name -> module, imported when the name is first asked for (PEP 562).
@@ -78,9 +79,9 @@ __all__ = [
     # data
     'pair_labels', 'sampler_choice',
     # training
-    'AdversarialStepHook', 'CriticUpdateHook', 'Hook', 'LossTerm', 'NoData', 'PluginEngine',
+    'AdversarialStepHook', 'CriticUpdateHook', 'Hook', 'LossTerm', 'NoData', 'PluginEngine', 'Step',
     'TeacherDistillationHook', 'accuracy', 'build_engine', 'build_lr_scheduler', 'cross_entropy_term',
-    'engine_options', 'load_weights_strict', 'per_rank_batch', 'reid_loss_terms', 'save_checkpoint',
+    'engine_options', 'load_weights_strict', 'model_output', 'per_rank_batch', 'reid_loss_terms', 'save_checkpoint',
     'triplet_term',
     # configuration and evaluation
     'evaluate_rank', 'get_default_config', 'install_host_fixes', 'lr_scheduler_kwargs',

@@ -27,6 +27,9 @@ from plugins.training.precision import Precision, step_unless, use_fused_step
 from plugins.training.resilience import (NonFiniteLossError, StopOnSignal, TrainingInterrupted, checkpoint_name,
                          nondeterministic_kernels_reported, rng_state, set_rng_state)
 
+LR_STEPS = ('epoch', 'iteration')
+
+
 class PluginEngine(Engine):
     """Host engine whose step is: hooks, forward, weighted loss terms, backward, hooks.
 
@@ -61,14 +64,20 @@ class PluginEngine(Engine):
         nonfinite_patience (int): non-finite steps in a row before stopping (checked
             when the flags are read, every ``print_freq`` steps); 0 disables the check.
         channels_last (bool): NHWC memory format for every registered network and the batches.
+        lr_step (str): when every network's scheduler steps: 'epoch' (after each epoch, as the
+            host's engines) or 'iteration' (at the start of each step, before its forward, as
+            methods whose official schedules count iterations, such as DG-Net).
     """
 
     STOP_CHECK_STEPS = 10
 
     def __init__(self, datamanager, model, optimizer, scheduler=None, use_gpu=True,
                  loss_terms=(), hooks=(), metric_fns=None, amp='', nonfinite_patience=10,
-                 channels_last=False):
+                 channels_last=False, lr_step='epoch'):
         super().__init__(datamanager, use_gpu)
+        if lr_step not in LR_STEPS:
+            raise ValueError('lr_step {!r} is not one of {}'.format(lr_step, list(LR_STEPS)))
+        self.lr_step = lr_step
         if self.use_gpu:
             self.device = torch.device('cuda', torch.cuda.current_device())
         else:
@@ -127,7 +136,8 @@ class PluginEngine(Engine):
         """The training forward: torchreid's ``model(images)`` output.
 
         Engines whose losses need more than the model contract's output (attention
-        maps, say) override this and keep the extras in ``batch``.
+        maps, say) override this and return a :class:`~plugins.training.step.Step` subclass
+        holding the output and the extras; the batch is never written.
         """
         return self.model(batch['img'])
 
@@ -141,6 +151,8 @@ class PluginEngine(Engine):
 
     def forward_backward(self, data):
         """One training step; returns ``{name: detached tensor}`` (read only when logging)."""
+        if self.lr_step == 'iteration':
+            self.update_lr()
         batch = self.parse_batch(data)
         if 'skipped_images' in data:  # unreadable files replaced (data.skip_bad_images)
             self._flags.record_skipped_images(data['skipped_images'].sum())
@@ -389,7 +401,8 @@ class PluginEngine(Engine):
             self._log(meter, done, tick)
         if self._stop_requested(done, agree_now=True):
             self._interrupt(done)
-        self.update_lr()
+        if self.lr_step == 'epoch':
+            self.update_lr()
 
     def _stop_requested(self, done=0, agree_now=False):
         """Whether a signal arrived (on any rank: all must stop at the same step).

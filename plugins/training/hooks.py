@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from plugins.training.checkpoint import load_weights_strict
 from plugins.nn.modules import batchnorm_stats_frozen, frozen, split_outputs
+from plugins.training.step import model_output
 
 
 
@@ -32,8 +33,9 @@ class Hook:
 
     Per training step, in order:
       1. ``before_step(engine, batch)``
-      2. main forward: ``outputs = engine.model_outputs(batch)`` (``engine.model(batch['img'])``
-         unless the engine says otherwise)
+      2. main forward: ``outputs = engine.model_outputs(batch)``: ``engine.model(batch['img'])``,
+         or a method's step object (:class:`plugins.training.step.Step`) holding that output and
+         the extras its losses need; every later stage receives this one object
       3. ``after_forward(engine, batch, outputs)``: extra updates that need the
          outputs but must run before the main backward (a discriminator step);
       4. ``outputs = engine.finish_outputs(batch, outputs)``: the rest of the forward, for
@@ -203,7 +205,8 @@ class TeacherDistillationHook(Hook):
         self.temperature = temperature
         self.mode = mode
         self.inputs_fn = inputs_fn or (lambda engine, batch, outputs: batch['img'])
-        self.student_fn = student_fn or (lambda engine, batch, outputs: split_outputs(outputs))
+        self.student_fn = student_fn or (
+            lambda engine, batch, outputs: split_outputs(model_output(outputs)))
         self.flip_average = flip_average
         self.batch_statistics = batch_statistics
         self.chunk_size = chunk_size

@@ -1,7 +1,8 @@
 """The loss-term library: weighted terms of an engine's main loss, and training metrics.
 
 A :class:`LossTerm` is ``(name, weight, fn)`` with ``fn(engine, batch, outputs) -> tensor``;
-the engine adds ``weight * fn(...)`` to the main loss and logs each term by name.
+the engine adds ``weight * fn(...)`` to the main loss and logs each term by name. ``outputs``
+is the step's object (:mod:`plugins.training.step`); the terms here read the model's output in it.
 """
 from collections import namedtuple
 
@@ -10,6 +11,7 @@ from torchreid.reid import metrics
 from plugins.nn.losses import BatchHardTriplet, CrossEntropyLabelSmooth
 from plugins.nn.modules import logits_of
 from plugins.training import distributed
+from plugins.training.step import model_output
 
 LossTerm = namedtuple('LossTerm', ['name', 'weight', 'fn'])
 LossTerm.__doc__ = """A weighted term of the main loss; ``fn(engine, batch, outputs) -> tensor``.
@@ -22,7 +24,7 @@ def cross_entropy_term(engine, weight, label_smooth, logits_fn=logits_of):
     """Label-smoothed cross-entropy (torchreid's ``CrossEntropyLoss``, eps 0.1) on the identity logits."""
     criterion = CrossEntropyLabelSmooth(0.1 if label_smooth else 0.0)
     return LossTerm('loss_x', weight, lambda e, batch, outputs: e.compute_loss(
-        criterion, logits_fn(outputs), batch['pid']))
+        criterion, logits_fn(model_output(outputs)), batch['pid']))
 
 
 def triplet_term(engine, weight, margin):
@@ -33,13 +35,13 @@ def triplet_term(engine, weight, margin):
     """
     criterion = BatchHardTriplet(margin=margin)
     return LossTerm('loss_t', weight, lambda e, batch, outputs: e.compute_loss(
-        criterion, distributed.gather_with_grad(outputs[1]),
+        criterion, distributed.gather_with_grad(model_output(outputs)[1]),
         distributed.gather_with_grad(batch['pid'])))
 
 
 def accuracy(engine, batch, outputs):
     """Top-1 training accuracy in percent, as the host's engines log it."""
-    return metrics.accuracy(logits_of(outputs), batch['pid'])[0]
+    return metrics.accuracy(logits_of(model_output(outputs)), batch['pid'])[0]
 
 
 def reid_loss_terms(cfg, engine):

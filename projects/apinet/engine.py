@@ -16,10 +16,11 @@ Also logged: ``acc`` (image-level top-1) and ``pairs_dropped`` (invalid pairs,
 whose anchor has no same- or no other-identity image in the batch).
 """
 from collections import namedtuple
+from dataclasses import dataclass
 
 import torch
 
-from plugins import (LossTerm, PluginEngine, accuracy, cross_entropy_term, engine_options,
+from plugins import (LossTerm, PluginEngine, Step, accuracy, cross_entropy_term, engine_options,
                      triplet_term)
 
 from .losses import mine_pairs, pair_cross_entropy, score_ranking_loss
@@ -27,32 +28,38 @@ from .losses import mine_pairs, pair_cross_entropy, score_ranking_loss
 PairOutputs = namedtuple('PairOutputs', ['self_logits', 'other_logits', 'labels', 'valid'])
 PairOutputs.__doc__ = """Attentive logits of one step: (2N, C) each, labels and validity (2N,)."""
 
-CACHE_KEY = 'apinet_pairs'  # where a step's PairOutputs are kept in the batch dict
 TORCHREID_LABEL_SMOOTH = 0.1  # epsilon of torchreid's CrossEntropyLoss(label_smooth=True)
 
 
-def pair_outputs(engine, batch, outputs):
-    """This step's pairs and attentive logits, computed once and kept in ``batch``.
+@dataclass
+class APINetStep(Step):
+    """One step: the model's ``output`` ``(logits, pooled features)`` and the ``pairs`` mined
+    in the batch with their attentive logits (:class:`PairOutputs`)."""
 
-    ``outputs`` is the model's training output ``(logits, pooled features)``.
-    """
-    cached = batch.get(CACHE_KEY)
-    if cached is None:
-        model = engine.model
-        features = model.neck_features(outputs[1])
-        pids = batch['pid']
-        pairs = mine_pairs(features, pids)
-        self_logits, other_logits = model.pair_logits(features, pairs.anchor, pairs.partner)
-        labels = pids[torch.cat([pairs.anchor, pairs.partner])]
-        cached = PairOutputs(self_logits, other_logits, labels, torch.cat([pairs.valid] * 2))
-        batch[CACHE_KEY] = cached
-    return cached
+    pairs: PairOutputs
 
 
-def pairs_dropped(engine, batch, outputs):
+def pair_outputs(model, features, pids):
+    """The batch's pairs (:func:`~projects.apinet.losses.mine_pairs` on the neck features of
+    the pooled ``features``) and their attentive logits."""
+    features = model.neck_features(features)
+    pairs = mine_pairs(features, pids)
+    self_logits, other_logits = model.pair_logits(features, pairs.anchor, pairs.partner)
+    labels = pids[torch.cat([pairs.anchor, pairs.partner])]
+    return PairOutputs(self_logits, other_logits, labels, torch.cat([pairs.valid] * 2))
+
+
+class APINetEngine(PluginEngine):
+    """:class:`plugins.PluginEngine` whose forward also mines the pairs (every step logs them)."""
+
+    def model_outputs(self, batch):
+        output = self.model(batch['img'])
+        return APINetStep(output, pair_outputs(self.model, output[1], batch['pid']))
+
+
+def pairs_dropped(engine, batch, step):
     """Number of invalid pairs this step (0 with PK batches of K >= 2)."""
-    valid = pair_outputs(engine, batch, outputs).valid
-    return (~valid).sum() / 2  # valid is repeated for anchors and partners
+    return (~step.pairs.valid).sum() / 2  # valid is repeated for anchors and partners
 
 
 def check_apinet_run(cfg, model):
@@ -68,16 +75,16 @@ def check_apinet_run(cfg, model):
 def build_apinet_engine(cfg, datamanager, model, optimizer, scheduler):
     """Engine builder registered as ``apinet`` (called by ``plugins.build_engine``)."""
     check_apinet_run(cfg, model)
-    engine = PluginEngine(datamanager, model, optimizer, scheduler, **engine_options(cfg),
+    engine = APINetEngine(datamanager, model, optimizer, scheduler, **engine_options(cfg),
                           metric_fns={'acc': accuracy, 'pairs_dropped': pairs_dropped})
     opts = cfg.apinet
     smooth = TORCHREID_LABEL_SMOOTH if opts.pair_label_smooth else 0.0
     margin = opts.rank_margin
     engine.loss_terms = [
-        LossTerm('loss_pair_ce', opts.weight_pair_ce, lambda e, batch, outputs: pair_cross_entropy(
-            *pair_outputs(e, batch, outputs), label_smooth=smooth)),
-        LossTerm('loss_rank', opts.weight_rank, lambda e, batch, outputs: score_ranking_loss(
-            *pair_outputs(e, batch, outputs), margin=margin)),
+        LossTerm('loss_pair_ce', opts.weight_pair_ce, lambda e, batch, step: pair_cross_entropy(
+            *step.pairs, label_smooth=smooth)),
+        LossTerm('loss_rank', opts.weight_rank, lambda e, batch, step: score_ranking_loss(
+            *step.pairs, margin=margin)),
         triplet_term(engine, cfg.loss.triplet.weight_t, cfg.loss.triplet.margin),
         cross_entropy_term(engine, cfg.loss.triplet.weight_x, cfg.loss.softmax.label_smooth),
     ]

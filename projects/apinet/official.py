@@ -185,7 +185,7 @@ class _Run:
 
         self.our_pooled = our_outputs[1]
         self.pairs = mine_pairs(ours.neck_features(our_outputs[1]), pids)
-        cached = pair_outputs(types.SimpleNamespace(model=ours), {'pid': pids}, our_outputs)
+        cached = pair_outputs(ours, our_outputs[1], pids)
         self.self_logits, self.other_logits, self.labels, self.valid = cached
         self.ce = pair_cross_entropy(*cached)
         self.rank = score_ranking_loss(*cached, margin=RANK_MARGIN)

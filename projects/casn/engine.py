@@ -15,14 +15,25 @@ Batches come from the plugin layer's ``PairwiseSampler``: images ``2i`` and
 L = L_id + w_ia L_ia + w_ver L_ver + w_sa L_sa (paper eq. 7); a zero weight skips
 a term's computation. Also logged: ``acc`` and ``positive_pairs``.
 """
+from dataclasses import dataclass
+
+import torch
 import torch.nn.functional as F
 
-from plugins import (LossTerm, PluginEngine, accuracy, cross_entropy_term, engine_options,
-                     pair_labels)
+from plugins import (LossTerm, PluginEngine, Step, accuracy, cross_entropy_term, engine_options,
+                     logits_of, pair_labels)
 
 from .attention import identification_attention_loss, siamese_attention_loss
 
-STEP_KEY = 'casn'
+
+@dataclass
+class CASNStep(Step):
+    """One step: the identification logits as ``output`` (a list of part logits for PCB), the
+    last conv ``maps`` (kept in the graph for the attention losses) and the ``siamese``
+    embeddings of the verification head."""
+
+    maps: torch.Tensor
+    siamese: torch.Tensor
 
 
 class CASNEngine(PluginEngine):
@@ -30,21 +41,20 @@ class CASNEngine(PluginEngine):
 
     def model_outputs(self, batch):
         outputs = self.model(batch['img'], return_outputs=True)
-        batch[STEP_KEY] = outputs
-        return outputs.id_logits
+        return CASNStep(outputs.id_logits, outputs.maps, outputs.siamese)
 
 
 def ia_term(weight, alpha, beta):
-    def fn(engine, batch, logits):
-        loss, _ = identification_attention_loss(engine.model, batch['img'], batch[STEP_KEY].maps,
+    def fn(engine, batch, step):
+        loss, _ = identification_attention_loss(engine.model, batch['img'], step.maps,
                                                  batch['pid'], alpha, beta)
         return loss
     return LossTerm('loss_ia', weight, fn)
 
 
 def verification_term(weight):
-    def fn(engine, batch, logits):
-        siamese = batch[STEP_KEY].siamese
+    def fn(engine, batch, step):
+        siamese = step.siamese
         same = pair_labels(batch['pid']).float()
         return F.binary_cross_entropy_with_logits(
             engine.model.verification_logits(siamese[0::2], siamese[1::2]), same)
@@ -52,20 +62,21 @@ def verification_term(weight):
 
 
 def sa_term(weight, threshold):
-    def fn(engine, batch, logits):
-        return siamese_attention_loss(engine.model, batch[STEP_KEY].maps,
+    def fn(engine, batch, step):
+        return siamese_attention_loss(engine.model, step.maps,
                                       pair_labels(batch['pid']), threshold)
     return LossTerm('loss_sa', weight, fn)
 
 
-def part_accuracy(engine, batch, logits):
+def part_accuracy(engine, batch, step):
     """Top-1 training accuracy; PCB's part logits are summed first."""
+    logits = logits_of(step.output)
     if isinstance(logits, (list, tuple)):
         logits = sum(logits)
     return accuracy(engine, batch, logits)
 
 
-def positive_pairs(engine, batch, logits):
+def positive_pairs(engine, batch, step):
     return pair_labels(batch['pid']).sum()
 
 

@@ -29,13 +29,12 @@ them; with equal halves that is :data:`HALVES` times the mean over both.
 """
 import contextlib
 import random
-from collections import namedtuple
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchreid.reid.engine import Engine
 
-from plugins import (AdversarialStepHook, LossTerm, PluginEngine, TeacherDistillationHook,
+from plugins import (AdversarialStepHook, LossTerm, PluginEngine, Step, TeacherDistillationHook,
                      batchnorm_stats_frozen, build_lr_scheduler, engine_options, frozen,
                      lr_scheduler_kwargs, per_rank_batch)
 
@@ -49,16 +48,36 @@ HALVES = 2  # the official a and b batches: its sums of two equal-size means
 # 1.5 s whole, 1.1 s in groups of 2; the official-batch iteration 6% faster with 4 than with 8).
 CPU_GROUP = 4
 
-DGNetStep = namedtuple('DGNetStep', ['reals', 'labels', 'fakes', 'logits', 'student', 'losses',
-                                     'structure', 'appearance'])
-DGNetStep.__doc__ = """One iteration's tensors: ``reals`` (x_a, x_b), ``labels`` (l_a, l_b),
-``fakes`` (x_ba, x_ab), ``logits`` (E_a's primary logits of the erased reals), ``student``
-(E_a's (primary, fine) logits of the detached fakes, or None before the teacher warm-up),
-``losses`` (unweighted terms by name), ``structure`` and ``appearance`` (the codes s and f
-of the reals). :meth:`DGNetEngine.model_outputs` fills it up to the D step,
-:meth:`DGNetEngine.finish_outputs` after it."""
 
-# Generator/encoder terms, weighted by :func:`.schedules.loss_weights` (the teacher's KL is the hook's).
+
+@dataclass
+class DGNetStep(Step):
+    """One iteration's tensors. :meth:`DGNetEngine.model_outputs` fills them up to the D step:
+    ``output`` (E_a's primary logits of the erased reals), ``fine`` (its fine logits of them),
+    ``positive_logits`` (primary logits of the erased positives), ``reals`` (x_a, x_b) and their
+    ``labels``, the decoder's ``recon`` (G(s, f)), ``recon_positive`` (G(s, fp)) and ``fakes``
+    (x_ba, x_ab), and the codes ``structure`` (s) and ``appearance`` (f) of the reals;
+    :meth:`DGNetEngine.finish_outputs` after it: ``fake_codes`` and ``fake_logits`` (the fakes
+    seen by a frozen E_a). ``structure_again`` (E_s on the fakes) and ``student`` (E_a's
+    logits of the detached fakes) are computed when a term first asks for them
+    (:meth:`DGNetEngine.structure_again`, :meth:`DGNetEngine.student`), so a zero weight
+    skips them."""
+
+    fine: torch.Tensor
+    positive_logits: torch.Tensor
+    reals: torch.Tensor
+    labels: torch.Tensor
+    recon: torch.Tensor
+    recon_positive: torch.Tensor
+    fakes: torch.Tensor
+    structure: torch.Tensor
+    appearance: torch.Tensor
+    fake_codes: torch.Tensor = None
+    fake_logits: torch.Tensor = None
+    structure_again: torch.Tensor = None
+    student: tuple = None
+
+
 TERMS = ('recon_x', 'recon_xp', 'recon_s', 'recon_f', 'recon_cyc', 'id', 'pid', 'recon_id', 'fine')
 
 
@@ -141,8 +160,8 @@ def l1(output, target):
 
 class DGNetEngine(PluginEngine):
     """:class:`plugins.PluginEngine` training E_a (``model``), the generator and, through
-    hooks, D and the teacher term. Every schedule (learning rates, warm-ups) moves
-    per iteration; the iteration is ``epoch * num_batches + batch_idx``, which the
+    hooks, D and the teacher term. Every schedule moves per iteration (learning rates
+    through the builder's ``lr_step='iteration'``, warm-ups through ``loss_weights``); the iteration is ``epoch * num_batches + batch_idx``, which the
     checkpoints hold, so a resumed run continues with the same weights and rates.
     """
 
@@ -157,16 +176,11 @@ class DGNetEngine(PluginEngine):
         self.seed = seed
         self.weights = loss_weights(dgnet, 0, teacher_weight)
         self._group = None  # images per official loader batch (n), set by each step
-        self.loss_terms = [LossTerm(name, self._weight_of(name), self._loss_of(name))
-                           for name in TERMS]
+        self.loss_terms = [LossTerm(name, self._weight_of(name), TERM_FNS[name]) for name in TERMS]
 
     @staticmethod
     def _weight_of(name):
         return lambda engine: engine.weights[name]
-
-    @staticmethod
-    def _loss_of(name):
-        return lambda engine, batch, outputs: outputs.losses[name]
 
     def per_image(self, fn, inputs):
         """``fn`` (G or D: networks that normalise each image alone) on whole batches on a GPU;
@@ -180,72 +194,83 @@ class DGNetEngine(PluginEngine):
 
     def model_outputs(self, batch):
         """The official ``forward``: codes, the decoder's images, E_a on the erased reals."""
-        self.weights = w = loss_weights(self.dgnet, self.iteration, self.teacher_weight)
+        self.weights = loss_weights(self.dgnet, self.iteration, self.teacher_weight)
         images, pids = batch['img'], batch['pid']
         x, xp, labels = images[0::2], images[1::2], pids[0::2]
         n = self._group = len(x) // 2  # one official loader batch
         encoder, gen = self.model, self.generator
-        losses = {}
 
         with torch.no_grad():  # appearance codes are detached by E_a: no graph needed
             f, fp = per_group(lambda group: encoder.encode(group)[0], torch.cat([x, xp]), n).chunk(2)
         s = gen.encode(x)
         recon, recon_p, fakes = self.per_image(gen.decode, (torch.cat([s, s, swap_halves(s)]),
                                                             torch.cat([f, fp, f]))).chunk(3)
-        losses['recon_x'] = HALVES * l1(recon, x)
-        losses['recon_xp'] = HALVES * l1(recon_p, x)
-
         # identities of the reals and positives, on randomly erased copies; E_a sees them
         # before the detached fakes, as in the official step (the same order of BatchNorm
         # running-statistics updates)
         primary, fine = per_group(self.model, random_erase(torch.cat([x, xp]), self.dgnet.erasing_p), n)
         logits, logits_p = primary.chunk(2)
-        losses['id'] = HALVES * (F.cross_entropy(logits, labels)
-                                 + w['id_fine'] * F.cross_entropy(fine[:len(x)], labels))
-        losses['pid'] = HALVES * F.cross_entropy(logits_p, labels)
-        return DGNetStep(x, labels, fakes, logits, None, losses, s, f)
+        return DGNetStep(logits, fine[:len(x)], logits_p, x, labels, recon, recon_p, fakes, s, f)
 
     def finish_outputs(self, batch, step):
         """The official ``gen_update``'s forward, after the D step: the fakes judged by a frozen
-        E_a, their structure encoded again, the cycle, and E_a learning from them."""
-        w, n, gen, encoder = self.weights, self._group, self.generator, self.model
-        x, labels, fakes, losses = step.reals, step.labels, step.fakes, dict(step.losses)
-        # the generated images seen by a frozen E_a: identity of the appearance source
-        with frozen_encoder(encoder):
-            f_recon, p_recon = per_group(lambda group: code_and_primary_logits(encoder, group), fakes, n)
-        losses['recon_id'] = HALVES * F.cross_entropy(p_recon, labels)
-        if w['recon_f']:  # both codes are detached (as in the official code): logged, no gradient
-            losses['recon_f'] = HALVES * l1(f_recon, step.appearance)
-        if w['recon_s'] or w['recon_cyc']:
-            s_recon = self._encode_fakes_again(swap_halves(fakes))
-            if w['recon_s']:
-                losses['recon_s'] = HALVES * l1(s_recon, step.structure)
-            if w['recon_cyc']:  # x_aba = G(s_a_recon, f_a_recon), x_bab likewise
-                losses['recon_cyc'] = HALVES * l1(self.per_image(gen.decode, (s_recon, f_recon)), x)
+        E_a (identity of the appearance source); the rest is computed by the terms."""
+        with frozen_encoder(self.model):
+            step.fake_codes, step.fake_logits = per_group(
+                lambda group: code_and_primary_logits(self.model, group), step.fakes, self._group)
+        return step
 
-        student = None
-        if w['teacher'] or w['fine']:  # E_a learns from the detached fakes
-            student = per_group(self.model, fakes.detach(), n)
-            if w['fine']:  # fine-grained mining: the identity of the structure source
-                losses['fine'] = HALVES * F.cross_entropy(student[1], swap_halves(labels))
-        return step._replace(student=student, losses=losses)
+    def structure_again(self, step):
+        """Structure codes of (x_ab, x_ba), once per step: with probability
+        ``use_encoder_again`` E_s learns on the detached fakes, otherwise a frozen E_s passes
+        the gradient to G."""
+        if step.structure_again is None:
+            fakes = swap_halves(step.fakes)
+            encoder = self.generator.structure_encoder
+            draw = random.Random(self.seed * 1000003 + self.iteration)  # one per iteration, all ranks
+            if draw.random() <= self.dgnet.use_encoder_again:
+                step.structure_again = encoder(fakes.detach())
+            else:
+                with frozen(encoder):
+                    step.structure_again = encoder(fakes)
+        return step.structure_again
 
-    def _encode_fakes_again(self, fakes):
-        """Structure codes of (x_ab, x_ba): with probability ``use_encoder_again`` E_s learns
-        on the detached fakes, otherwise a frozen E_s passes the gradient to G."""
-        encoder = self.generator.structure_encoder
-        draw = random.Random(self.seed * 1000003 + self.iteration)  # one per iteration, all ranks
-        if draw.random() <= self.dgnet.use_encoder_again:
-            return encoder(fakes.detach())
-        with frozen(encoder):
-            return encoder(fakes)
+    def student(self, step):
+        """E_a's (primary, fine) logits of the detached fakes, once per step (the teacher's
+        student and fine-grained mining)."""
+        if step.student is None:
+            step.student = per_group(self.model, step.fakes.detach(), self._group)
+        return step.student
 
-    def forward_backward(self, data):
-        Engine.update_lr(self)  # every network's schedule, at the start of each iteration (official)
-        return super().forward_backward(data)
 
-    def update_lr(self, names=None):
-        """Nothing at the end of an epoch: DG-Net's schedules step per iteration."""
+def _terms():
+    """The generator/encoder step's terms, unweighted (paper eqs. 1-7; official ``gen_update``);
+    each official term is the sum over a and b, :data:`HALVES` times the mean over both."""
+    def identity(engine, batch, step):
+        return HALVES * (F.cross_entropy(step.output, step.labels)
+                         + engine.weights['id_fine'] * F.cross_entropy(step.fine, step.labels))
+
+    def cycle(engine, batch, step):  # x_aba = G(s_a_recon, f_a_recon), x_bab likewise
+        return HALVES * l1(engine.per_image(engine.generator.decode,
+                                            (engine.structure_again(step), step.fake_codes)), step.reals)
+
+    return {
+        'recon_x': lambda engine, batch, step: HALVES * l1(step.recon, step.reals),
+        'recon_xp': lambda engine, batch, step: HALVES * l1(step.recon_positive, step.reals),
+        'recon_s': lambda engine, batch, step: HALVES * l1(engine.structure_again(step), step.structure),
+        # both codes are detached (as in the official code): logged, no gradient
+        'recon_f': lambda engine, batch, step: HALVES * l1(step.fake_codes, step.appearance),
+        'recon_cyc': cycle,
+        'id': identity,
+        'pid': lambda engine, batch, step: HALVES * F.cross_entropy(step.positive_logits, step.labels),
+        'recon_id': lambda engine, batch, step: HALVES * F.cross_entropy(step.fake_logits, step.labels),
+        # fine-grained mining: the identity of the structure source
+        'fine': lambda engine, batch, step: HALVES * F.cross_entropy(engine.student(step)[1],
+                                                                     swap_halves(step.labels)),
+    }
+
+
+TERM_FNS = _terms()
 
 
 def discriminator_step_loss(discriminator, engine, batch, outputs):
@@ -273,7 +298,7 @@ def generator_step_loss(discriminator, engine, batch, outputs):
 
 def real_accuracy(engine, batch, outputs):
     """Top-1 accuracy (percent) of E_a's primary head on the erased real images."""
-    return (outputs.logits.argmax(1) == outputs.labels).float().mean() * 100
+    return (outputs.output.argmax(1) == outputs.labels).float().mean() * 100
 
 
 def check_config(cfg):
@@ -318,7 +343,7 @@ def build_dgnet_engine(cfg, datamanager, model, optimizer, scheduler):
     generator = Generator()
     engine = DGNetEngine(datamanager, model, optimizer, scheduler, generator, *adam(generator, d.lr_g),
                          dgnet=d, teacher_weight=cfg.teacher.weight, seed=cfg.train.seed,
-                         **engine_options(cfg),
+                         lr_step='iteration', **engine_options(cfg),
                          metric_fns={'acc': real_accuracy})
     discriminator = MultiScaleDiscriminator()
     d_optimizer, d_scheduler = adam(discriminator, d.lr_d)
@@ -330,6 +355,6 @@ def build_dgnet_engine(cfg, datamanager, model, optimizer, scheduler):
             cfg.teacher.model, cfg.teacher.weights, datamanager.num_train_pids,
             weight=lambda e: HALVES * e.weights['teacher'], temperature=cfg.teacher.temperature,
             inputs_fn=lambda e, batch, outputs: outputs.fakes.detach(),
-            student_fn=lambda e, batch, outputs: (outputs.student[0], None),
+            student_fn=lambda e, batch, outputs: (e.student(outputs)[0], None),
             flip_average=True, batch_statistics=True, chunk_size=n))
     return engine

@@ -24,18 +24,27 @@ One training step (paper Sec. 3.3):
 Logged: ``loss_x`` (``loss_t``), ``critic_value`` (= -value_weight * mean V),
 ``critic_mse``, ``acc``, ``reward``, ``reward_c``, ``reward_a``.
 """
-from collections import namedtuple
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from plugins import (CriticUpdateHook, PluginEngine, accuracy, engine_options, logits_of,
+from plugins import (CriticUpdateHook, PluginEngine, Step, accuracy, engine_options, logits_of,
                      reid_loss_terms)
 
 from .model import Critic, critic_state
 
-SCALStep = namedtuple('SCALStep', ['attention', 'states', 'reward', 'reward_c', 'reward_a'])
-STEP_KEY = 'scal'  # where a step's SCALStep is kept in the batch dict
+
+@dataclass
+class SCALStep(Step):
+    """One step: the model's ``output``, the agents' ``attention`` maps and their input
+    ``states``, and the rewards ``reward`` = ``reward_c`` + ``reward_a`` per image."""
+
+    attention: list
+    states: list
+    reward: torch.Tensor
+    reward_c: torch.Tensor
+    reward_a: torch.Tensor
 
 
 def rewards(logits, logits_without_attention, pids):
@@ -60,29 +69,27 @@ class SCALEngine(PluginEngine):
         outputs, attention, states, plain = self.model(batch['img'], return_attention=True,
                                                        with_reference=True)
         reward, r_c, r_a = rewards(logits_of(outputs), logits_of(plain), batch['pid'])
-        batch[STEP_KEY] = SCALStep(attention, states, reward, r_c, r_a)
-        return outputs
+        return SCALStep(outputs, attention, states, reward, r_c, r_a)
 
 
 def critic_inputs(engine, batch, outputs):
     """``(X, A_1..A_5)`` in the graph: J_cri's gradient reaches whatever produced them."""
-    step = batch[STEP_KEY]
-    return (critic_state(step.states), *step.attention)
+    return (critic_state(outputs.states), *outputs.attention)
 
 
 def critic_inputs_for_the_agents(engine, batch, outputs):
     """``(X, A_1..A_5)`` with X and each agent's input detached, the attention recomputed
     from them: J_cri's gradient reaches the agents' parameters only."""
-    states = [x.detach() for x in batch[STEP_KEY].states]
+    states = [x.detach() for x in outputs.states]
     return (critic_state(states), *(agent(x) for agent, x in zip(engine.model.agents, states)))
 
 
 def step_reward(engine, batch, outputs):
-    return batch[STEP_KEY].reward
+    return outputs.reward
 
 
 def _mean_of(field):
-    return lambda engine, batch, outputs: getattr(batch[STEP_KEY], field).mean()
+    return lambda engine, batch, outputs: getattr(outputs, field).mean()
 
 
 VALUE_REACHES = ('agents', 'network')

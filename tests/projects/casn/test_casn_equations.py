@@ -19,8 +19,8 @@ from projects.casn import model as casn_model
 from projects.casn.attention import (aligned_attention, casn_attention_maps,
                                      identification_attention_loss, siamese_attention_loss,
                                      soft_mask, true_class_probability)
-from projects.casn.engine import STEP_KEY, build_casn_engine
-from projects.casn.model import CASNNet, CASNOutputs
+from projects.casn.engine import CASNStep, build_casn_engine
+from projects.casn.model import CASNNet
 from plugins import NoData
 
 
@@ -161,8 +161,8 @@ def test_engine_ia_term_uses_the_configured_alpha_and_beta(monkeypatch):
     model = ia_model(monkeypatch)
     engine, terms = tiny_engine(model, 'casn.alpha', '2.0', 'casn.beta', '0.25')
     images, maps, pids = ia_inputs()
-    batch = {'img': images, 'pid': pids, STEP_KEY: CASNOutputs(maps, None, None, None)}
-    loss = terms['loss_ia'].fn(engine, batch, None)
+    batch = {'img': images, 'pid': pids}
+    loss = terms['loss_ia'].fn(engine, batch, CASNStep(None, maps, None))
     assert hand_ia_loss(2.0, 0.25) != pytest.approx(hand_ia_loss(0.25, 2.0), abs=1e-4)
     assert loss.item() == pytest.approx(hand_ia_loss(2.0, 0.25), abs=1e-6)
 
@@ -190,8 +190,7 @@ def test_verification_loss_targets_same_identity_pairs_with_bce_on_logits(monkey
                             [0., 0.], [2., 0.],   # pair 1: (4, 0) -> z = 2.25
                             [1., 1.], [1., 3.]])  # pair 2: (0, 4) -> z = -3.75
     pids = torch.tensor([0, 0, 1, 2, 3, 3])  # pairs (0, 1), (2, 3), (4, 5): same, different, same
-    batch = {'pid': pids, STEP_KEY: CASNOutputs(None, None, None, siamese)}
-    loss = terms['loss_ver'].fn(engine, batch, None)
+    loss = terms['loss_ver'].fn(engine, {'pid': pids}, CASNStep(None, None, siamese))
 
     def bce(z, y):  # -[y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))]
         return -(y * math.log(sig(z)) + (1 - y) * math.log(1 - sig(z)))
@@ -277,10 +276,8 @@ def test_siamese_attention_is_the_mean_l2_distance_over_positive_pairs_only(monk
 def test_engine_sa_term_flags_same_identity_pairs_as_positive(monkeypatch):
     model = sa_model(monkeypatch)
     engine, terms = tiny_engine(model)
-    batch = {'pid': torch.tensor([7, 7, 1, 2]),
-             STEP_KEY: CASNOutputs(torch.tensor(SA_MAPS).view(4, 1, 1, 3).requires_grad_(True),
-                                     None, None, None)}
-    loss = terms['loss_sa'].fn(engine, batch, None)
+    maps = torch.tensor(SA_MAPS).view(4, 1, 1, 3).requires_grad_(True)
+    loss = terms['loss_sa'].fn(engine, {'pid': torch.tensor([7, 7, 1, 2])}, CASNStep(None, maps, None))
     assert loss.item() == pytest.approx(hand_sa_distances()[0], abs=1e-5)
 
 

@@ -39,9 +39,12 @@ def first_batch(engine):
 
 
 def full_step(engine, data):
-    """The whole forward of an iteration (without the D step between its two stages)."""
+    """The whole forward of an iteration (without the D step between its two stages) and its
+    unweighted terms, each computed as the engine does: only where its weight is not zero.
+    Returns (step, {name: loss})."""
     batch = engine.parse_batch(data)
-    return engine.finish_outputs(batch, engine.model_outputs(batch))
+    step = engine.finish_outputs(batch, engine.model_outputs(batch))
+    return step, {t.name: t.fn(engine, batch, step) for t in engine.loss_terms if t.weight(engine)}
 
 
 def hook(engine, cls):
@@ -54,13 +57,15 @@ def test_one_iteration_has_every_term_and_the_official_shapes(tmp_path, teacher_
     data = first_batch(engine)
     assert torch.equal(data['pid'][0::2], data['pid'][1::2])  # (image, positive) pairs
     engine.set_model_mode('train')
-    step = full_step(engine, data)
+    step, losses = full_step(engine, data)
     assert step.reals.shape == step.fakes.shape == (4, 3, 80, 40)  # x_a, x_b; x_ba, x_ab
-    assert step.logits.shape == (4, NUM_IDS)
+    assert step.output.shape == (4, NUM_IDS)
     assert step.student[0].shape == step.student[1].shape == (4, NUM_IDS)
-    assert set(step.losses) == {'recon_x', 'recon_xp', 'recon_s', 'recon_f', 'recon_cyc', 'id',
-                                'pid', 'recon_id', 'fine'}
+    every_term = {'recon_x', 'recon_xp', 'recon_s', 'recon_f', 'recon_cyc', 'id', 'pid', 'recon_id',
+                  'fine'}
+    assert set(losses) == every_term
     log = engine.forward_backward(data)
+    assert every_term <= set(log)
     assert {'teacher_kl', 'discriminator_loss', 'discriminator_adv', 'acc'} <= set(log)
     assert all(torch.isfinite(torch.as_tensor(v)) for v in log.values()), log
     assert set(engine.get_model_names()) == {'model', 'generator', 'discriminator'}  # no teacher
@@ -69,13 +74,14 @@ def test_one_iteration_has_every_term_and_the_official_shapes(tmp_path, teacher_
 def test_before_the_warm_up_the_teacher_and_cycle_terms_are_not_computed(tmp_path, teacher_weights):
     engine = dgnet_run(tmp_path, teacher_weights)  # warm-ups start after 60 iterations
     engine.set_model_mode('train')
-    step = full_step(engine, first_batch(engine))
-    assert set(step.losses) == {'recon_x', 'recon_xp', 'id', 'pid', 'recon_id'}
-    assert step.student is None
+    data = first_batch(engine)
+    step, losses = full_step(engine, data)
+    assert set(losses) == {'recon_x', 'recon_xp', 'id', 'pid', 'recon_id'}
+    assert step.student is None and step.structure_again is None  # never computed
     # the fine-grained head is in the 'id' term at weight 0 (official weight_B): zero gradients,
     # so SGD's weight decay still shrinks it, as in the official run's first 30k iterations
     engine.model.zero_grad(set_to_none=True)
-    step.losses['id'].backward()
+    losses['id'].backward()
     fine = engine.model.fine.classifier.weight
     assert fine.grad is not None and not fine.grad.any()
 
@@ -113,10 +119,10 @@ def test_generator_terms_never_reach_the_appearance_encoder(tmp_path, teacher_we
     for name, reaches_encoder in [('recon_x', False), ('recon_id', False), ('recon_cyc', False),
                                   ('id', True), ('fine', True)]:
         torch.manual_seed(0)
-        step = full_step(engine, first_batch(engine))
+        step, losses = full_step(engine, first_batch(engine))
         for net in (engine.model, engine.generator):
             net.zero_grad(set_to_none=True)
-        step.losses[name].backward()
+        losses[name].backward()
         encoder_grads = [p.grad for p in engine.model.parameters() if p.grad is not None]
         generator_grads = [p.grad for p in engine.generator.parameters() if p.grad is not None]
         assert bool(encoder_grads) == reaches_encoder, name
@@ -229,9 +235,9 @@ def test_without_a_teacher_the_fine_head_still_warms_up(tmp_path, teacher_weight
     assert not any(isinstance(h, TeacherDistillationHook) for h in engine.hooks)
     engine.batch_idx = 2
     engine.set_model_mode('train')
-    step = full_step(engine, first_batch(engine))
+    step, losses = full_step(engine, first_batch(engine))
     assert engine.weights['id_fine'] > 0 and engine.weights['fine'] == engine.weights['teacher'] == 0
-    assert 'fine' not in step.losses and step.student is None
+    assert 'fine' not in losses and step.student is None
 
 
 def test_random_erasing_fills_one_rectangle_with_zeros():
@@ -314,7 +320,7 @@ def test_e_a_sees_the_erased_reals_before_the_fakes(tmp_path, teacher_weights):
     inputs = []
     handle = engine.model.register_forward_hook(lambda m, args, out: inputs.append(args[0]))
     try:
-        step = full_step(engine, first_batch(engine))
+        step, _ = full_step(engine, first_batch(engine))
     finally:
         handle.remove()
     fakes = step.fakes.untyped_storage().data_ptr()

@@ -1,5 +1,6 @@
 """SCAL: agents, rewards, the critic's and the agents' updates, training, export."""
 import copy
+import dataclasses
 import os
 
 import pytest
@@ -9,7 +10,7 @@ import plugins
 from plugins.export import check_parity, export_onnx, training_only_parameters
 from plugins.nn.modules import batchnorm_stats_frozen
 from plugins.training.launch import setup_config
-from projects.scal.engine import STEP_KEY, build_scal_engine, rewards
+from projects.scal.engine import build_scal_engine, rewards
 from projects.scal.model import (ChannelAgent, SCALNet, SpatialAgent, critic_state,
                                  scal_attention_maps)
 from plugins import NoData
@@ -153,7 +154,7 @@ def test_critic_is_fitted_to_the_reward_by_mse():
     """J_mse = mean (V - R)^2 with R the step's reward, on a critic made constant (V = 0.5)."""
     engine, hook, batch, outputs = forward_step()
     reward = torch.tensor([2.0, 1.0, 0.0, 1.0, 2.0, 0.0, 0.0, 1.0])
-    batch[STEP_KEY] = batch[STEP_KEY]._replace(reward=reward)
+    outputs = dataclasses.replace(outputs, reward=reward)
     with torch.no_grad():
         hook.critic.net[-1].weight.zero_()
         hook.critic.net[-1].bias.fill_(0.5)
@@ -168,7 +169,7 @@ def test_value_term_is_minus_the_critic_and_trains_what_value_reach_names(reach)
     actor gradient dV/dA dA/dtheta with every agent's input held fixed, nothing for the
     trunk; 'network': through the states as well. A small step on it raises V."""
     engine, hook, batch, outputs = forward_step(value_weight=0.5, value_reach=reach)
-    states, attention = batch[STEP_KEY].states, batch[STEP_KEY].attention
+    states, attention = outputs.states, outputs.attention
     agents, trunk = list(engine.model.agents.parameters()), list(engine.model.trunk.parameters())
     if reach == 'agents':  # independent of the engine: agents re-run on detached inputs
         fixed = [x.detach() for x in states]
