@@ -40,7 +40,7 @@ from plugins.registry import (APPEARANCE_SWAPS, ATTENTION_MAPS, BENCHMARKS, CONF
                               register_engine, register_official_check)
 from plugins.training.builders import build_engine, engine_options
 from plugins.training.checkpoint import load_weights_strict, save_checkpoint
-from plugins.training.distributed import per_rank_batch
+from plugins.distributed import per_rank_batch
 from plugins.training.engine import NoData, PluginEngine
 from plugins.training.hooks import AdversarialStepHook, CriticUpdateHook, Hook, TeacherDistillationHook
 from plugins.training.schedulers import build_lr_scheduler

@@ -7,7 +7,7 @@ Examples::
         --root /data/reid model.pretrained False
     python tools/train.py --config-file CFG test.evaluate True model.load_weights log/model/model.pth.tar-60
     python tools/train.py --config-file CFG --resume auto        # after Ctrl-C, a crash or a preemption
-    torchrun --nproc_per_node=4 tools/train.py --config-file CFG  # DistributedDataParallel
+    torchrun --nproc_per_node=4 tools/train.py --config-file CFG  # data parallel, 4 processes
 
 Exit status: 0 when done; 128 + the signal number after SIGINT/SIGTERM (a
 checkpoint was saved first); 1 on a config, data or non-finite-loss error.
@@ -20,7 +20,7 @@ import time
 
 import plugins  # first: it silences the host's false import-time warning (plugins.host.silenced)
 from torchreid.reid.utils import Logger, collect_env_info, set_random_seed
-from plugins.training import distributed
+from plugins import distributed
 from plugins.config import engine_run_kwargs
 from plugins.data.images import ImageReadError, original_message
 from plugins.training.launch import build_run, setup_config, setup_process

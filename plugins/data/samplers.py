@@ -32,7 +32,7 @@ from torch.utils.data import Sampler
 from torchreid.reid.data import datamanager as _host_datamanager
 from torchreid.reid.data import sampler as _host_sampler
 
-from plugins.training import distributed
+from plugins import distributed
 from plugins.registry import SAMPLERS
 
 __all__ = [
@@ -168,7 +168,7 @@ def build_train_sampler(
 
     In a distributed run ``batch_size`` is the per-rank batch the loader uses: the
     sampler is built for the global batch and wrapped in
-    :class:`plugins.training.distributed.BatchShard`, which hands this rank its slice.
+    :class:`plugins.distributed.BatchShard`, which hands this rank its slice.
 
     Raises:
         KeyError: unknown name (the message lists built-in and registered names).

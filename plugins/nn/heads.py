@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from plugins.training.distributed import all_reduce_with_grad, get_world_size
+from plugins.distributed import all_reduce_with_grad, get_world_size
 
 __all__ = ['BNNeck', 'ReIDHead', 'convert_sync_batchnorm']
 

@@ -20,7 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchreid.reid.engine import Engine
 from torchreid.reid.utils import visualize_ranked_results
 
-from plugins.training import distributed
+from plugins import distributed
 from plugins.evaluation import protocol as evaluation
 from plugins.training.checkpoint import load_checkpoint, plain, save_checkpoint
 from plugins.training.precision import Precision, step_unless, use_fused_step
@@ -37,10 +37,10 @@ class PluginEngine(Engine):
     and LR stepping are kept; the epoch loop is ours (:meth:`run`, :meth:`train`)
     because it adds what the host's lacks:
 
-    * data parallel training under torchrun (:mod:`plugins.training.distributed`): every
+    * data parallel training under torchrun (:mod:`plugins.distributed`): every
       registered network starts from rank 0's weights and its gradients are
       averaged over the ranks after each backward
-      (:class:`~plugins.training.distributed.GradientAverager`), whatever the step does
+      (:class:`~plugins.distributed.GradientAverager`), whatever the step does
       with it; rank 0 alone logs, evaluates, saves;
     * mixed precision (``amp``: :mod:`plugins.training.precision`) for every network's step;
     * no host synchronisation per step: losses are summed on the device, and the

@@ -16,7 +16,7 @@ from torchreid.reid.utils import (compute_model_complexity, load_pretrained_weig
                                   set_random_seed)
 
 from plugins import config as C
-from plugins.training import distributed
+from plugins import distributed
 from plugins.evaluation import protocol as evaluation
 from plugins.training.checkpoint import load_weights_strict
 from plugins.data.datasets import synthreid

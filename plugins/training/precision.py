@@ -5,9 +5,8 @@ gets one ``torch.amp.GradScaler`` per optimiser (the main network's and each
 hook network's: a critic or discriminator step is scaled and skipped on
 overflow independently). ``''`` (the default) is full fp32.
 
-:func:`fp32` runs a block in full precision whatever the autocast state: the
-distance products that mining and margin losses compare (autocast would run
-``matmul``/``addmm`` in bf16/fp16 even on fp32 inputs).
+Model code that must compute in full precision under autocast (the distance products
+that mining and margin losses compare) uses :func:`plugins.nn.modules.fp32`.
 
 :func:`use_fused_step` switches an optimiser to its fused kernels, which can skip
 a step on a device flag (``found_inf``): the engine skips non-finite steps, and

@@ -10,7 +10,7 @@ from torchreid.reid import metrics
 
 from plugins.nn.losses import BatchHardTriplet, CrossEntropyLabelSmooth
 from plugins.nn.modules import logits_of
-from plugins.training import distributed
+from plugins import distributed
 from plugins.training.step import model_output
 
 LossTerm = namedtuple('LossTerm', ['name', 'weight', 'fn'])

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from plugins.training import distributed
+from plugins import distributed
 from plugins.training.launch import build_run, setup_config
 
 STEPS = 2

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from plugins.training.checkpoint import load_checkpoint
-from plugins.training.distributed import BatchShard, GradientAverager, local_device_index
+from plugins.distributed import BatchShard, GradientAverager, local_device_index
 from plugins.data.samplers import PKSampler, PairwiseSampler
 
 from tests.helpers import REPO, TINY_SYNTHREID

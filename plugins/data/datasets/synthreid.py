@@ -42,7 +42,7 @@ from torchreid.reid.data import register_image_dataset
 from torchreid.reid.data.datasets.dataset import ImageDataset
 from torchreid.reid.data.datasets.image.market1501 import Market1501
 
-from plugins.training import distributed
+from plugins import distributed
 
 NAME = 'synthreid'
 
