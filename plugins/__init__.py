@@ -27,6 +27,7 @@ from plugins.host import silenced as _silenced  # noqa: F401  (first: before tor
 from plugins.config import get_default_config, lr_scheduler_kwargs, merge_from_file, optimizer_kwargs
 from plugins.data.samplers import pair_labels, register_sampler, sampler_choice
 from plugins.discovery import load_projects
+from plugins.distributed import per_rank_batch
 from plugins.evaluation.protocol import evaluate_rank
 from plugins.host.fixes import install_host_fixes
 from plugins.nn.attention import cam_from_gradients, normalise_maps
@@ -34,13 +35,12 @@ from plugins.nn.backbones import ResNetTrunk
 from plugins.nn.heads import ReIDHead
 from plugins.nn.models import available_models, build_model, model_builder, register_model, register_models
 from plugins.nn.modules import batchnorm_stats_frozen, fp32, frozen, logits_of, split_outputs
-from plugins.registry import (APPEARANCE_SWAPS, ATTENTION_MAPS, BENCHMARKS, CONFIG_NODES, ENGINES, MODELS,
-                              OFFICIAL_CHECKS, SAMPLERS, Registry, register_appearance_swap,
-                              register_attention_maps, register_benchmark, register_config,
-                              register_engine, register_official_check)
+from plugins.registry import (APPEARANCE_SWAPS, ATTENTION_MAPS, BENCHMARKS, CONFIG_CHECKS, CONFIG_NODES,
+                              ENGINES, MODELS, OFFICIAL_CHECKS, SAMPLERS, Registry,
+                              register_appearance_swap, register_attention_maps, register_benchmark,
+                              register_config, register_engine, register_official_check)
 from plugins.training.builders import build_engine, engine_options
 from plugins.training.checkpoint import load_weights_strict, save_checkpoint
-from plugins.distributed import per_rank_batch
 from plugins.training.engine import NoData, PluginEngine
 from plugins.training.hooks import AdversarialStepHook, CriticUpdateHook, Hook, TeacherDistillationHook
 from plugins.training.schedulers import build_lr_scheduler
@@ -68,7 +68,7 @@ _TOOLING = {
 
 __all__ = [
     # registries and registration
-    'APPEARANCE_SWAPS', 'ATTENTION_MAPS', 'BENCHMARKS', 'CONFIG_NODES', 'ENGINES', 'MODELS',
+    'APPEARANCE_SWAPS', 'ATTENTION_MAPS', 'BENCHMARKS', 'CONFIG_CHECKS', 'CONFIG_NODES', 'ENGINES', 'MODELS',
     'OFFICIAL_CHECKS', 'SAMPLERS', 'Registry', 'load_projects', 'register_appearance_swap',
     'register_attention_maps', 'register_benchmark', 'register_config', 'register_engine',
     'register_model', 'register_models', 'register_official_check', 'register_sampler',

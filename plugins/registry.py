@@ -13,6 +13,7 @@ registry                 registered with                       read by
 :data:`SAMPLERS`         ``plugins.register_sampler``          the host's data managers
 :data:`ENGINES`          :func:`register_engine`               ``build_engine`` (``engine.name``)
 :data:`CONFIG_NODES`     :func:`register_config`               ``get_default_config``
+:data:`CONFIG_CHECKS`    :func:`register_config` (``check``)   ``setup_config`` (``check_config``)
 :data:`ATTENTION_MAPS`   :func:`register_attention_maps`       ``tools/visualize.py attention``
 :data:`APPEARANCE_SWAPS` :func:`register_appearance_swap`      ``tools/visualize.py swap``
 :data:`BENCHMARKS`       :func:`register_benchmark`            ``tools/benchmark.py``
@@ -101,6 +102,7 @@ MODELS = Registry('model')
 SAMPLERS = Registry('sampler')
 ENGINES = Registry('engine')
 CONFIG_NODES = Registry('config node')
+CONFIG_CHECKS = Registry('config check')
 ATTENTION_MAPS = Registry('attention map')
 APPEARANCE_SWAPS = Registry('appearance swap')
 BENCHMARKS = Registry('benchmark section')
@@ -119,9 +121,16 @@ def register_engine(name, builder=None):
     return _decorator_or_register(ENGINES, name, builder)
 
 
-def register_config(name, add_fn=None):
-    """Register ``add_fn(cfg)``, which adds a project's keys with their defaults."""
-    return _decorator_or_register(CONFIG_NODES, name, add_fn)
+def register_config(name, add_fn=None, check=None):
+    """Register ``add_fn(cfg)``, which adds a project's keys with their defaults, and optionally
+    ``check(cfg)``, which raises ``ValueError`` naming the key to fix when a config (any
+    config: the check looks at the keys it cares about) cannot run; every config is checked
+    when it is read, before any data is loaded."""
+    if add_fn is None:
+        return lambda f: register_config(name, f, check)
+    if check is not None:
+        CONFIG_CHECKS.register(name, check)
+    return CONFIG_NODES.register(name, add_fn)
 
 
 def register_attention_maps(model_name, fn=None):

@@ -26,6 +26,7 @@ from plugins.nn.heads import convert_sync_batchnorm
 from plugins.nn.models import build_model
 from plugins.training.resilience import latest_checkpoint
 from plugins.data.samplers import sampler_choice
+from plugins.registry import CONFIG_CHECKS
 from plugins.training.schedulers import build_lr_scheduler
 
 
@@ -49,6 +50,8 @@ def setup_config(config_file='', opts=(), root='', sources=None, targets=None, t
 
 
 def check_config(cfg):
+    """Refuse a config that cannot run, naming the key to fix: the plugin layer's own rules,
+    then every project's registered check (:func:`plugins.registry.register_config`)."""
     evaluation.check_options(**{k: v for k, v in C.engine_run_kwargs(cfg).items()
                                 if k in evaluation.OPTION_CHECKS})
     if cfg.loss.name == 'triplet' and cfg.loss.triplet.weight_x == 0 and cfg.train.fixbase_epoch:
@@ -62,6 +65,8 @@ def check_config(cfg):
     if cfg.train.sync_bn and not cfg.use_gpu:
         raise ValueError('train.sync_bn needs CUDA (torch.nn.SyncBatchNorm has no CPU kernels); '
                          'set train.sync_bn False to train on CPU')
+    for name in CONFIG_CHECKS:
+        CONFIG_CHECKS.get(name)(cfg)
 
 
 def gpu_has_bf16():

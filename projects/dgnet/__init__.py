@@ -18,13 +18,13 @@ See ``projects/dgnet/README.md``.
 import plugins
 
 from .config import add_dgnet_config
-from .engine import build_dgnet_engine
+from .engine import build_dgnet_engine, check_config
 from .networks import dgnet_resnet50
 from .swap import appearance_swap
 
 plugins.register_models({'dgnet_resnet50': dgnet_resnet50})
 plugins.register_engine('dgnet', build_dgnet_engine)
-plugins.register_config('dgnet', add_dgnet_config)
+plugins.register_config('dgnet', add_dgnet_config, check=check_config)
 plugins.register_appearance_swap('dgnet_resnet50', appearance_swap)
 plugins.register_benchmark('dgnet', 'projects.dgnet.benchmark:run', 'projects.dgnet.benchmark:markdown')
 # files that identify a clone; the check's module is imported only when the tool runs it

@@ -302,6 +302,11 @@ def real_accuracy(engine, batch, outputs):
 
 
 def check_config(cfg):
+    """What a ``dgnet`` config must hold (registered with the config node: checked when a config
+    is read, also by the inference tools); the teacher's weights are asked for when training
+    starts (:func:`build_dgnet_engine`)."""
+    if (cfg.engine.name or cfg.loss.name) != 'dgnet':
+        return
     if cfg.sampler.train_sampler != 'PairwiseSampler' or cfg.sampler.pos_ratio != 1.0:
         raise ValueError("engine 'dgnet' needs (image, positive) pairs: sampler.train_sampler "
                          "'PairwiseSampler' with sampler.pos_ratio 1.0, got {!r} with pos_ratio {}".format(
@@ -314,12 +319,6 @@ def check_config(cfg):
     if cfg.teacher.mode != 'kl':
         raise ValueError("DG-Net's primary feature learning distils the teacher's soft labels: "
                          "teacher.mode must be 'kl', got {!r}".format(cfg.teacher.mode))
-    if cfg.dgnet.use_teacher and not cfg.teacher.weights:
-        raise ValueError(
-            "DG-Net's primary feature learning needs a teacher: train one first, e.g. "
-            'python tools/train.py --config-file configs/baselines/resnet50_softmax_market1501.yaml, '
-            'then pass teacher.weights <its model.pth.tar-N> (teacher.model names its architecture); '
-            'or set dgnet.use_teacher False to train without it')
 
 
 def build_dgnet_engine(cfg, datamanager, model, optimizer, scheduler):
@@ -332,7 +331,12 @@ def build_dgnet_engine(cfg, datamanager, model, optimizer, scheduler):
     if not isinstance(model, AppearanceEncoder):
         raise TypeError("engine 'dgnet' needs the model dgnet_resnet50, got {}".format(
             type(model).__name__))
-    check_config(cfg)
+    if cfg.dgnet.use_teacher and not cfg.teacher.weights:
+        raise ValueError(
+            "DG-Net's primary feature learning needs a teacher: train one first, e.g. "
+            'python tools/train.py --config-file configs/baselines/resnet50_softmax_market1501.yaml, '
+            'then pass teacher.weights <its model.pth.tar-N> (teacher.model names its architecture); '
+            'or set dgnet.use_teacher False to train without it')
     d = cfg.dgnet
 
     def adam(network, lr):

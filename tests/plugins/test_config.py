@@ -4,7 +4,7 @@ import textwrap
 import pytest
 
 from plugins.config import get_default_config, merge_from_file, merge_from_list
-from plugins.registry import CONFIG_NODES, register_config
+from plugins.registry import CONFIG_CHECKS, CONFIG_NODES, register_config
 
 # Keys and defaults of upstream torchreid scripts/default_config.py (spot checks of every node).
 UPSTREAM_DEFAULTS = {
@@ -111,6 +111,29 @@ def test_project_config_node_is_added_by_its_function():
     finally:
         CONFIG_NODES.unregister('demo')
     assert 'demo' not in get_default_config()
+
+
+def test_a_project_check_refuses_a_config_when_it_is_read():
+    from yacs.config import CfgNode as CN
+
+    from plugins.training.launch import setup_config
+
+    def add_demo_config(cfg):
+        cfg.demo = CN()
+        cfg.demo.alpha = 10.0
+
+    def check_demo(cfg):
+        if cfg.demo.alpha <= 0:
+            raise ValueError('demo.alpha must be positive, got {}'.format(cfg.demo.alpha))
+
+    register_config('demo', add_demo_config, check=check_demo)
+    try:
+        assert setup_config('', ['demo.alpha', '2.0']).demo.alpha == 2.0
+        with pytest.raises(ValueError, match='demo.alpha must be positive, got -1.0'):
+            setup_config('', ['demo.alpha', '-1.0'])
+    finally:
+        CONFIG_NODES.unregister('demo')
+        CONFIG_CHECKS.unregister('demo')
 
 
 def test_every_shipped_config_loads():
