@@ -23,14 +23,12 @@ import plugins  # noqa: F401  (registers plugin models, datasets and config node
 from plugins.training.checkpoint import load_checkpoint
 from plugins.export import (FP16_RTOL, FP32_RTOL, ExportError, ExportParityError, check_parity,
                             export_onnx, read_metadata)
-from plugins.training.launch import build_trained_model, setup_config
+from plugins.cli import add_config_arguments, config_or_exit
+from plugins.training.launch import build_trained_model
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--config-file', type=str, default='', help='path to config file')
-    parser.add_argument('--weights', type=str, required=True,
-                        help='trained weights (a torchreid checkpoint) of the config\'s model')
     parser.add_argument('--output', type=str, default='',
                         help='ONNX file to write (default: <data.save_dir>/<model.name>[_fp16].onnx)')
     parser.add_argument('--fp16', action='store_true',
@@ -42,9 +40,7 @@ def parse_args(argv=None):
     parser.add_argument('--batches', type=int, default=1,
                         help='query batches of the first target dataset to check parity on '
                              '(default 1)')
-    parser.add_argument('--root', type=str, default='', help='path to data root')
-    parser.add_argument('opts', default=None, nargs=argparse.REMAINDER,
-                        help='Modify config options using the command-line')
+    add_config_arguments(parser, weights_help="trained weights (a torchreid checkpoint) of the config's model")
     return parser.parse_args(argv)
 
 
@@ -78,10 +74,7 @@ def real_batches(datamanager, target, count):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        cfg = setup_config(args.config_file, args.opts, root=args.root)
-    except (KeyError, TypeError, ValueError, FileNotFoundError) as err:
-        sys.exit('Config error: {}'.format(err.args[0] if err.args else err))
+    cfg = config_or_exit(args)
     try:
         _check_weights_file(args.weights)
         model, datamanager = build_trained_model(cfg, args.weights)

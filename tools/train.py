@@ -23,24 +23,22 @@ from torchreid.reid.utils import Logger, collect_env_info, set_random_seed
 from plugins import distributed
 from plugins.config import engine_run_kwargs
 from plugins.data.images import ImageReadError, original_message
-from plugins.training.launch import build_run, setup_config, setup_process
+from plugins.cli import add_config_arguments, config_or_exit
+from plugins.training.launch import build_run, setup_process
 from plugins.training.resilience import NonFiniteLossError, TrainingInterrupted
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--config-file', type=str, default='', help='path to config file')
     parser.add_argument('-s', '--sources', type=str, nargs='+',
                         help='source datasets (delimited by space)')
     parser.add_argument('-t', '--targets', type=str, nargs='+',
                         help='target datasets (delimited by space)')
     parser.add_argument('--transforms', type=str, nargs='+', help='data augmentation')
-    parser.add_argument('--root', type=str, default='', help='path to data root')
     parser.add_argument('--resume', type=str, default='',
                         help='checkpoint to resume from, or "auto": the newest complete one in '
                              'data.save_dir (same as model.resume)')
-    parser.add_argument('opts', default=None, nargs=argparse.REMAINDER,
-                        help='Modify config options using the command-line')
+    add_config_arguments(parser)
     args = parser.parse_args(argv)
     if '--resume' in args.opts:  # also accepted after the KEY VALUE overrides
         i = args.opts.index('--resume')
@@ -54,11 +52,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     opts = list(args.opts or []) + (['model.resume', args.resume] if args.resume else [])
-    try:
-        cfg = setup_config(args.config_file, opts, root=args.root, sources=args.sources,
-                           targets=args.targets, transforms=args.transforms)
-    except (KeyError, TypeError, ValueError, FileNotFoundError) as err:
-        sys.exit('Config error: {}'.format(err.args[0] if err.args else err))
+    cfg = config_or_exit(args, opts, sources=args.sources, targets=args.targets,
+                         transforms=args.transforms)
     set_random_seed(cfg.train.seed)
 
     try:

@@ -36,7 +36,8 @@ import plugins  # noqa: E402  (registers synthreid and the projects)
 from plugins import config as C  # noqa: E402
 from plugins.evaluation import protocol as evaluation  # noqa: E402
 from plugins import visualization as V  # noqa: E402
-from plugins.training.launch import build_trained_model, setup_config  # noqa: E402
+from plugins.cli import add_config_arguments, config_or_exit  # noqa: E402
+from plugins.training.launch import build_trained_model  # noqa: E402
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 DISPLAY_HEIGHT = 256
@@ -54,12 +55,8 @@ def parse_args(argv=None):
     sub = parser.add_subparsers(dest='command', required=True)
 
     def common(p):
-        p.add_argument('--config-file', type=str, default='', help='path to config file')
-        p.add_argument('--weights', type=str, required=True, help='trained checkpoint (model.pth.tar-N)')
-        p.add_argument('--root', type=str, default='', help='path to data root')
         p.add_argument('--output', type=str, default='', help='output folder')
-        p.add_argument('opts', default=None, nargs=argparse.REMAINDER,
-                       help='config overrides: KEY VALUE pairs, last on the line')
+        add_config_arguments(p, weights_help='trained checkpoint (model.pth.tar-N)')
 
     ranked = sub.add_parser('ranked', help='ranked retrieval lists (query + top-k gallery)',
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -94,10 +91,7 @@ def load(args):
     """Config, then the model with the weights loaded strictly (eval mode), and its data manager."""
     if not osp.isfile(args.weights):
         raise UserError('Weights file not found: "{}"'.format(args.weights))
-    try:
-        cfg = setup_config(args.config_file, args.opts, root=args.root)
-    except (KeyError, TypeError, ValueError, FileNotFoundError) as err:
-        raise UserError('Config error: {}'.format(err.args[0] if err.args else err)) from None
+    cfg = config_or_exit(args)
     try:
         model, datamanager = build_trained_model(cfg, args.weights)
     except (FileNotFoundError, ValueError, KeyError) as err:

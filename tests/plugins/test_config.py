@@ -181,3 +181,17 @@ def test_bf16_on_a_gpu_without_it_fails_at_config_time(monkeypatch):
         launch.check_config(cfg)
     cfg.train.amp = 'fp16'
     launch.check_config(cfg)
+
+
+def test_the_tools_config_arguments_and_a_bad_key_named_on_exit():
+    import argparse
+
+    from plugins.cli import add_config_arguments, config_or_exit
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, weights_help='weights')
+    args = parser.parse_args(['--weights', 'w.pth', 'train.max_epoch', '3'])
+    assert (args.config_file, args.root, args.weights) == ('', '', 'w.pth')
+    assert config_or_exit(args).train.max_epoch == 3
+    args.opts = ['train.no_such_key', '1']
+    with pytest.raises(SystemExit, match=r'^Config error: .*train\.no_such_key'):
+        config_or_exit(args)
