@@ -102,13 +102,13 @@ TINY_SYNTHREID = ['synthreid.num_train_ids', '6', 'synthreid.num_test_ids', '5',
 
 def tiny_synthreid_run(config, tmp_path, *opts):
     """The engine of ``config`` on a tiny generated synthreid at 32x16, batch 8, seeded."""
-    from plugins.training.launch import build_run, setup_config
+    from plugins.training.launch import setup_config, start_run
     cfg = setup_config(config, [*TINY_SYNTHREID, 'data.height', '32', 'data.width', '16',
                                 'data.workers', '0', 'train.batch_size', '8',
                                 'data.save_dir', str(tmp_path / 'log'), *opts],
                        root=str(tmp_path / 'data'))
     torch.manual_seed(0)
-    return build_run(cfg, verbose=False)
+    return start_run(cfg, verbose=False)
 
 
 def run_tool(name, *args, cwd, timeout=600):

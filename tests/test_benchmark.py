@@ -12,7 +12,7 @@ from plugins.evaluation import protocol as evaluation
 from plugins.benchmarking.measure import interleaved_times, median_time
 from plugins.benchmarking.sections import train_for_budget
 from plugins.training.resilience import latest_checkpoint
-from plugins.training.launch import build_run, setup_config
+from plugins.training.launch import setup_config, start_run
 from tests.helpers import REPO, TINY_SYNTHREID, load_tool
 
 CONFIGS = [os.path.join(REPO, 'configs', 'baselines', name)
@@ -80,13 +80,13 @@ def test_training_budget_resumes_from_the_latest_checkpoint(tmp_path):
 
     state = {}
     with pytest.raises(KeyboardInterrupt):
-        train_for_budget(build_run(cfg, verbose=False), cfg, 2, run_dir, state,
+        train_for_budget(start_run(cfg, verbose=False), cfg, 2, run_dir, state,
                          on_epoch=stop_after_first_epoch)
     assert state['epochs_done'] == 1 and latest_checkpoint(run_dir).endswith('-1')
 
     epochs_seen = []
     state = {'train_s': state['train_s']}
-    train_for_budget(build_run(cfg, verbose=False), cfg, 2, run_dir, state,
+    train_for_budget(start_run(cfg, verbose=False), cfg, 2, run_dir, state,
                      on_epoch=lambda s: epochs_seen.append(s['epochs_done']))
     assert epochs_seen == [2] and state['epochs_done'] == 2
     assert latest_checkpoint(run_dir).endswith('-2')

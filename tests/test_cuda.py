@@ -23,14 +23,14 @@ pytestmark = [pytest.mark.cuda,
 def built_gpu_engine(request, tmp_path_factory):
     """The engine of a (model, engine) pair on the GPU, a batch, and a checkpoint of its
     untrained state."""
-    from plugins.training.launch import build_run, setup_config
+    from plugins.training.launch import setup_config, start_run
     path = MODEL_ENGINES[request.param]
     folder = tmp_path_factory.mktemp('gpu')
     cfg = setup_config(path, [*TINY, 'use_gpu', 'True', 'data.workers', '0',
                               'data.save_dir', str(folder / 'log'), *_teacher_opts(path, folder)],
                        root=str(folder / 'data'))
     torch.manual_seed(0)
-    engine = build_run(cfg, verbose=False)
+    engine = start_run(cfg, verbose=False)
     return engine, next(iter(engine.train_loader)), engine.save_model(0, 0, str(folder / 'start'))
 
 

@@ -289,10 +289,10 @@ def train_for_budget(engine, cfg, epochs, run_dir, state, on_epoch=None):
 
 def costs_of_config(config_file, opts, root, onnx_path):
     """:func:`measure_costs` of a config's freshly built run (call it in a subprocess)."""
-    from plugins.training.launch import build_run, setup_config
+    from plugins.training.launch import setup_config, start_run
 
     cfg = setup_config(config_file, opts, root=root)
-    return measure_costs(build_run(cfg, verbose=False), cfg, onnx_path)
+    return measure_costs(start_run(cfg, verbose=False), cfg, onnx_path)
 
 
 def measure_costs_in_subprocess(config_file, opts, root, onnx_path):
@@ -314,7 +314,7 @@ def run_opts(args, run_dir):
 
 def bench_models(args, previous, save):
     """Train every config for the same epochs, then evaluate and measure its costs."""
-    from plugins.training.launch import build_run, setup_config
+    from plugins.training.launch import setup_config, start_run
 
     result = previous or {'epochs': args.epochs, 'dataset': args.dataset or 'each config\'s own',
                           'runs': {}}
@@ -331,7 +331,7 @@ def bench_models(args, previous, save):
         opts = run_opts(args, run_dir)
         try:
             cfg = setup_config(config_file, opts, root=args.root)
-            engine = build_run(cfg, verbose=False)
+            engine = start_run(cfg, verbose=False)
         except (KeyError, TypeError, ValueError, FileNotFoundError) as err:  # e.g. DG-Net's teacher
             entry.update(status='not run', error=str(err.args[0] if err.args else err))
             print('[{}/{}] {}: not run: {}'.format(index + 1, len(args.configs), name, entry['error']))

@@ -206,11 +206,11 @@ def build_trained_model(cfg, weights):
 
 def build_run(cfg, verbose=True):
     """Data manager, model, optimiser, scheduler and engine (resumed if asked); returns the engine.
+    Call :func:`setup_process` once before (or use :func:`start_run`).
 
     ``model.resume auto`` resumes from the newest complete checkpoint in
     ``data.save_dir`` (a fresh start when there is none).
     """
-    setup_process(cfg)
     datamanager = build_datamanager(cfg)
     if verbose:
         print('Building model: {}'.format(cfg.model.name))
@@ -237,3 +237,10 @@ def build_run(cfg, verbose=True):
     if resume:
         cfg.train.start_epoch = engine.resume(resume)
     return engine
+
+
+def start_run(cfg, verbose=True):
+    """:func:`setup_process` then :func:`build_run`: a run in a process that was not set up yet
+    (benchmarks, tests; ``tools/train.py`` sets the process up first, to know where to log)."""
+    setup_process(cfg)
+    return build_run(cfg, verbose)

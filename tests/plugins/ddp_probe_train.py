@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import plugins
 from plugins.training.builders import build_reid_engine
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))  # the repository
 from tests.helpers import TinyReIDNet, load_tool  # noqa: E402
 
 

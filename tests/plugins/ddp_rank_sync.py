@@ -14,7 +14,7 @@ import sys
 import torch
 
 from plugins import distributed
-from plugins.training.launch import build_run, setup_config
+from plugins.training.launch import setup_config, start_run
 
 STEPS = 2
 
@@ -22,7 +22,7 @@ STEPS = 2
 def rank_checksums(config, root, save_dir, opts):
     cfg = setup_config(config, ['use_gpu', 'False', 'data.workers', '0', 'data.save_dir', save_dir,
                                 *opts], root=root)
-    engine = build_run(cfg, verbose=False)
+    engine = start_run(cfg, verbose=False)
     engine.max_epoch, engine.epoch = 1, 0
     engine.set_model_mode('train')
     engine.two_stepped_transfer_learning(0, cfg.train.fixbase_epoch, cfg.train.open_layers)

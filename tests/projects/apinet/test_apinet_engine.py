@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 import plugins
-from plugins.training.launch import build_run, setup_config
+from plugins.training.launch import setup_config, start_run
 from projects.apinet.engine import build_apinet_engine
 from tests.helpers import amp_step
 
@@ -31,7 +31,7 @@ def run(tmp_path_factory):
     cfg = setup_config(SYNTH_CONFIG, TINY + ['data.save_dir', str(root / 'log')],
                        root=str(root / 'data'))
     torch.manual_seed(0)
-    return cfg, build_run(cfg, verbose=False), str(root / 'data')
+    return cfg, start_run(cfg, verbose=False), str(root / 'data')
 
 
 def test_a_short_run_through_the_registered_engine_lowers_the_loss(run):
