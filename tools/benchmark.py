@@ -29,7 +29,7 @@ import torch
 
 from plugins.benchmarking.sections import MARKET_SIZE  # importing it registers the built-in sections
 from plugins.registry import BENCHMARKS  # importing plugins registered the projects' sections
-from plugins.training.launch import keep_freed_host_memory
+from plugins.host.allocator import keep_freed_host_memory
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 QUICK_SIZE = (300, 1500)
@@ -78,7 +78,7 @@ def parse_args(argv=None):
 
 def environment(host_memory_kept):
     return {
-        'host_allocator': ('glibc, freed memory kept (plugins.training.launch.keep_freed_host_memory)'
+        'host_allocator': ('glibc, freed memory kept (plugins.host.allocator.keep_freed_host_memory)'
                            if host_memory_kept else 'default settings'),
         'date': time.strftime('%Y-%m-%d %H:%M:%S'),
         'command': ' '.join([osp.basename(sys.argv[0])] + sys.argv[1:]),

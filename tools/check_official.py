@@ -23,7 +23,7 @@ import sys
 import torch
 
 import plugins  # noqa: F401  (loads the projects, which register their checks)
-from plugins.training.launch import keep_freed_host_memory
+from plugins.host.allocator import keep_freed_host_memory
 from plugins.benchmarking.official import check_clone, official_code
 from plugins.registry import OFFICIAL_CHECKS
 

@@ -77,7 +77,7 @@ def time_with_peak_memory(fn, device, steps=5, warmup=2, above_current=False):
 
 
 def _call_and_put(fn, args, queue):
-    from plugins.training.launch import keep_freed_host_memory
+    from plugins.host.allocator import keep_freed_host_memory
 
     keep_freed_host_memory()  # the allocator setting of the benchmark's own process
     queue.put(fn(*args))

@@ -1,4 +1,4 @@
-"""``plugins.training.launch.keep_freed_host_memory``: freed step buffers stay with the process."""
+"""``plugins.host.allocator.keep_freed_host_memory``: freed step buffers stay with the process."""
 import os
 import platform
 import subprocess
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='glibc
 PROBE = r'''
 import sys
 import torch
-from plugins.training.launch import keep_freed_host_memory
+from plugins.host.allocator import keep_freed_host_memory
 
 def rss_mib():
     with open('/proc/self/status') as f:
