@@ -42,7 +42,8 @@ from plugins.registry import (APPEARANCE_SWAPS, ATTENTION_MAPS, BENCHMARKS, CONF
 from plugins.training.builders import build_engine, engine_options
 from plugins.training.checkpoint import load_weights_strict, save_checkpoint
 from plugins.training.engine import NoData, PluginEngine
-from plugins.training.hooks import AdversarialStepHook, CriticUpdateHook, Hook, TeacherDistillationHook
+from plugins.training.hooks import (AdversarialStepHook, CriticUpdateHook, Hook, TeacherDistillationHook,
+                                    TrainedNetworkHook)
 from plugins.training.schedulers import build_lr_scheduler
 from plugins.training.step import Step, model_output
 from plugins.training.terms import LossTerm, accuracy, cross_entropy_term, reid_loss_terms, triplet_term
@@ -68,8 +69,8 @@ _TOOLING = {
 
 __all__ = [
     # registries and registration
-    'APPEARANCE_SWAPS', 'ATTENTION_MAPS', 'BENCHMARKS', 'CONFIG_CHECKS', 'CONFIG_NODES', 'ENGINES', 'MODELS',
-    'OFFICIAL_CHECKS', 'SAMPLERS', 'Registry', 'load_projects', 'register_appearance_swap',
+    'APPEARANCE_SWAPS', 'ATTENTION_MAPS', 'BENCHMARKS', 'CONFIG_CHECKS', 'CONFIG_NODES', 'ENGINES',
+    'MODELS', 'OFFICIAL_CHECKS', 'SAMPLERS', 'Registry', 'load_projects', 'register_appearance_swap',
     'register_attention_maps', 'register_benchmark', 'register_config', 'register_engine',
     'register_model', 'register_models', 'register_official_check', 'register_sampler',
     # model building blocks (plugins.nn)
@@ -80,9 +81,9 @@ __all__ = [
     'pair_labels', 'sampler_choice',
     # training
     'AdversarialStepHook', 'CriticUpdateHook', 'Hook', 'LossTerm', 'NoData', 'PluginEngine', 'Step',
-    'TeacherDistillationHook', 'accuracy', 'build_engine', 'build_lr_scheduler', 'cross_entropy_term',
-    'engine_options', 'load_weights_strict', 'model_output', 'per_rank_batch', 'reid_loss_terms', 'save_checkpoint',
-    'triplet_term',
+    'TeacherDistillationHook', 'TrainedNetworkHook', 'accuracy', 'build_engine', 'build_lr_scheduler',
+    'cross_entropy_term', 'engine_options', 'load_weights_strict', 'model_output', 'per_rank_batch',
+    'reid_loss_terms', 'save_checkpoint', 'triplet_term',
     # configuration and evaluation
     'evaluate_rank', 'get_default_config', 'install_host_fixes', 'lr_scheduler_kwargs',
     'merge_from_file', 'optimizer_kwargs',

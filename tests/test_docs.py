@@ -42,15 +42,7 @@ CODE_SPAN = re.compile(r'(`+)(.+?)\1', re.S)
 
 def without_code(text):
     """``text`` with fenced blocks and inline code spans blanked (line numbers kept)."""
-    lines, in_fence = [], False
-    for line in text.split('\n'):
-        if FENCE.match(line):
-            in_fence = not in_fence
-            lines.append('')
-        else:
-            lines.append('' if in_fence else line)
-    prose = '\n'.join(lines)
-    return CODE_SPAN.sub(lambda m: re.sub(r'[^\n]', ' ', m.group(0)), prose)
+    return CODE_SPAN.sub(lambda m: re.sub(r'[^\n]', ' ', m.group(0)), without_code_blocks(text))
 
 
 def fenced_blocks(text):

@@ -23,7 +23,8 @@ from torchreid.reid.utils import visualize_ranked_results
 from plugins import distributed
 from plugins.evaluation import protocol as evaluation
 from plugins.training.checkpoint import load_checkpoint, plain, save_checkpoint
-from plugins.training.precision import Precision, step_unless, use_fused_step
+from plugins.training.device_flags import DeviceMeter, StepFlags, read_later
+from plugins.training.precision import Precision, is_fused, poison_gradients, step_unless, use_fused_step
 from plugins.training.resilience import (NonFiniteLossError, StopOnSignal, TrainingInterrupted, checkpoint_name,
                          nondeterministic_kernels_reported, rng_state, set_rng_state)
 
@@ -98,7 +99,7 @@ class PluginEngine(Engine):
         self.nonfinite_in_a_row = 0
         self.skipped_steps = 0
         self.skipped_images = 0
-        self._flags = _StepFlags()
+        self._flags = StepFlags()
         self._resume_point = None
         self._epoch_rng = None
         self._stop = StopOnSignal()
@@ -206,8 +207,8 @@ class PluginEngine(Engine):
             flags = distributed.all_reduce_max(flags.to(torch.uint8))
             self._flags.record_terms(names, flags)
             skip = flags.amax().bool()
-            if scaler is None and not all(_is_fused(o) for o in optimizers):
-                read_skip = _read_later(skip)
+            if scaler is None and not all(is_fused(o) for o in optimizers):
+                read_skip = read_later(skip)
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         with self.precision.full_precision():
@@ -217,11 +218,11 @@ class PluginEngine(Engine):
                 for p in group['params']))
             skipped_on_host = read_skip is not None and read_skip()
             if scaler is not None and skip is not None:
-                _poison_gradients(optimizers, skip)  # the scaler then skips it as an overflow
+                poison_gradients(optimizers, skip)  # the scaler then skips it as an overflow
             for optimizer in optimizers:
                 if scaler is not None:
                     scaler.step(optimizer)
-                elif skip is not None and _is_fused(optimizer):
+                elif skip is not None and is_fused(optimizer):
                     step_unless(optimizer, skip)
                 elif not skipped_on_host:
                     optimizer.step()
@@ -385,7 +386,7 @@ class PluginEngine(Engine):
             for _ in range(first):  # the same images and augmentation draws as before
                 next(batches)
             set_rng_state(resume['rng'])
-        meter = _DeviceMeter()
+        meter = DeviceMeter()
         tick = time.time()
         done = first
         for self.batch_idx, data in enumerate(batches, start=first):
@@ -421,7 +422,7 @@ class PluginEngine(Engine):
                 agreed = distributed.all_reduce_max(flag).item()
             else:
                 agreed = self._shared_stop() if self._shared_stop is not None else 0
-                self._shared_stop = _read_later(distributed.all_reduce_max(flag))
+                self._shared_stop = read_later(distributed.all_reduce_max(flag))
             signum = int(agreed) or None
             if signum is not None:
                 self._stop.signum = signum
@@ -543,120 +544,6 @@ def _own(states):
         return states
     rank = distributed.get_rank()
     return states[rank] if rank < len(states) else states[0]
-
-
-class _DeviceMeter:
-    """Per-name sums of per-step values kept on their device; one transfer when read."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self):
-        self.sums, self.counts, self.count = {}, {}, 0
-
-    def add(self, summary):
-        self.count += 1
-        for name, value in summary.items():
-            value = torch.as_tensor(value).detach().float().reshape(())  # one number per name
-            self.sums[name] = self.sums[name] + value if name in self.sums else value
-            self.counts[name] = self.counts.get(name, 0) + 1
-
-    def read(self):
-        """Average of each name over the steps that logged it."""
-        if not self.sums:
-            return {}
-        names = list(self.sums)
-        device = self.sums[names[0]].device
-        values = torch.stack([self.sums[n].to(device) / self.counts[n] for n in names])
-        return dict(zip(names, values.tolist()))
-
-
-class _StepFlags:
-    """Device-side record of the steps since the last read: which terms were non-finite,
-    steps skipped, the longest run of skipped steps, gradient-pattern mismatches.
-
-    Each step adds a few tiny device operations and no host read; :meth:`read`
-    copies everything to the host at once.
-    """
-
-    def __init__(self):
-        self.streak = None  # non-finite steps in a row so far (kept across reads)
-        self._clear()
-
-    def _clear(self):
-        self.terms, self.step_bad, self.skipped, self.worst, self.mismatch = {}, None, None, None, None
-        self.skipped_images = 0  # a sum of the loader's (CPU) counts
-
-    def record_skipped_images(self, count):
-        self.skipped_images = self.skipped_images + count
-
-    @staticmethod
-    def _max(a, b):
-        return b if a is None else torch.maximum(a, b)
-
-    def record_terms(self, names, flags):
-        for name, flag in zip(names, flags):
-            self.terms[name] = self._max(self.terms.get(name), flag)
-        self.step_bad = self._max(self.step_bad, flags.amax().to(torch.int64))
-
-    def record_mismatch(self, flag):
-        if flag is not None:
-            self.mismatch = self._max(self.mismatch, flag)
-
-    def end_step(self):
-        if self.step_bad is None:  # no checked update this step
-            return
-        bad, self.step_bad = self.step_bad, None
-        self.streak = (bad if self.streak is None else (self.streak.to(bad.device) + 1) * bad)
-        self.skipped = bad if self.skipped is None else self.skipped + bad
-        self.worst = self._max(self.worst, self.streak)
-
-    def read(self):
-        """``{'skipped', 'streak', 'worst', 'mismatch', 'terms'}`` on the host, then start over;
-        None when nothing was recorded."""
-        if self.skipped is None and self.mismatch is None and not torch.is_tensor(self.skipped_images):
-            return None
-        names = sorted(self.terms)
-        values = [self.skipped, self.streak, self.worst, self.mismatch] + [self.terms[n] for n in names]
-        device = next((v.device for v in values if v is not None), torch.device('cpu'))
-        host = torch.stack([torch.zeros((), dtype=torch.int64, device=device) if v is None
-                            else v.to(device, torch.int64) for v in values]).tolist()
-        skipped_images = int(self.skipped_images)
-        self._clear()
-        return {'skipped': host[0], 'streak': host[1], 'worst': host[2], 'mismatch': bool(host[3]),
-                'terms': [n for n, flag in zip(names, host[4:]) if flag],
-                'skipped_images': skipped_images}
-
-
-def _poison_gradients(optimizers, skip):
-    """Make every gradient NaN where the device flag ``skip`` is set (unchanged otherwise)."""
-    grads = [p.grad for o in optimizers for group in o.param_groups for p in group['params']
-             if p.grad is not None]
-    if grads:
-        torch._foreach_mul_(grads, torch.where(skip, float('nan'), 1.0).to(grads[0].dtype))
-
-
-def _is_fused(optimizer):
-    return all(group.get('fused') for group in optimizer.param_groups)
-
-
-def _read_later(flag):
-    """A function returning ``flag`` on the host, copied without blocking now.
-
-    For optimisers without fused kernels. On CUDA the copy is queued with an event;
-    reading it after the backward has been queued waits only for the forward.
-    """
-    if flag.device.type != 'cuda':
-        return flag.item
-    host = torch.empty(flag.shape, dtype=flag.dtype, pin_memory=True)
-    host.copy_(flag, non_blocking=True)
-    event = torch.cuda.Event()
-    event.record()
-
-    def read():
-        event.synchronize()
-        return host.item()
-    return read
 
 
 class NoData:

@@ -73,7 +73,22 @@ class Hook:
         pass
 
 
-class CriticUpdateHook(Hook):
+class TrainedNetworkHook(Hook):
+    """A hook that trains a network of its own with its own optimiser (a critic, a
+    discriminator): registered with the engine as ``name``, so checkpoints, train/eval
+    switching, LR stepping and gradient averaging cover it."""
+
+    def __init__(self, network, optimizer, scheduler=None, name='hook'):
+        self.network = network
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.name = name
+
+    def attach(self, engine):
+        engine.register_model(self.name, self.network, self.optimizer, self.scheduler)
+
+
+class CriticUpdateHook(TrainedNetworkHook):
     """Fit a critic V to rewards by MSE; the main networks minimise -V with V frozen.
 
     Args:
@@ -90,17 +105,12 @@ class CriticUpdateHook(Hook):
 
     def __init__(self, critic, optimizer, reward_fn, inputs_fn, scheduler=None,
                  value_weight=1.0, update_first=False, name='critic'):
+        super().__init__(critic, optimizer, scheduler, name)
         self.critic = critic
-        self.optimizer = optimizer
-        self.scheduler = scheduler
         self.reward_fn = reward_fn
         self.inputs_fn = inputs_fn
         self.value_weight = value_weight
         self.update_first = update_first
-        self.name = name
-
-    def attach(self, engine):
-        engine.register_model(self.name, self.critic, self.optimizer, self.scheduler)
 
     def _fit(self, engine, batch, outputs):
         inputs = tuple(x.detach() for x in self.inputs_fn(engine, batch, outputs))
@@ -123,7 +133,7 @@ class CriticUpdateHook(Hook):
         return None if self.update_first else self._fit(engine, batch, outputs)
 
 
-class AdversarialStepHook(Hook):
+class AdversarialStepHook(TrainedNetworkHook):
     """One discriminator step per iteration, then the generator's adversarial term.
 
     Args:
@@ -137,16 +147,11 @@ class AdversarialStepHook(Hook):
 
     def __init__(self, discriminator, optimizer, d_loss_fn, g_loss_fn=None, scheduler=None,
                  g_weight=1.0, name='discriminator'):
+        super().__init__(discriminator, optimizer, scheduler, name)
         self.discriminator = discriminator
-        self.optimizer = optimizer
-        self.scheduler = scheduler
         self.d_loss_fn = d_loss_fn
         self.g_loss_fn = g_loss_fn
         self.g_weight = g_weight
-        self.name = name
-
-    def attach(self, engine):
-        engine.register_model(self.name, self.discriminator, self.optimizer, self.scheduler)
 
     def after_forward(self, engine, batch, outputs):
         d_loss = self.d_loss_fn(self.discriminator, engine, batch, outputs)

@@ -132,3 +132,15 @@ def step_unless(optimizer, skip):
         optimizer.step()
     finally:
         del optimizer.grad_scale, optimizer.found_inf
+
+
+def poison_gradients(optimizers, skip):
+    """Make every gradient NaN where the device flag ``skip`` is set (unchanged otherwise)."""
+    grads = [p.grad for o in optimizers for group in o.param_groups for p in group['params']
+             if p.grad is not None]
+    if grads:
+        torch._foreach_mul_(grads, torch.where(skip, float('nan'), 1.0).to(grads[0].dtype))
+
+
+def is_fused(optimizer):
+    return all(group.get('fused') for group in optimizer.param_groups)
