@@ -7,17 +7,20 @@ import torch
 
 
 def split_outputs(outputs):
-    """A torchreid training output as ``(logits, features or None)``: a softmax model returns
-    logits (a list of part logits for part models such as PCB), a triplet model the tuple
-    ``(logits, features)``."""
-    if isinstance(outputs, tuple):
+    """A torchreid training output as ``(first, second or None)``: a triplet model's
+    ``(logits, features)``; a softmax model's logits and None. A list output (a part model's
+    part logits, PCB) is read the same way, as its first two entries: what the teacher
+    distillation hook reads from the teacher and, by default, from the student."""
+    if isinstance(outputs, (tuple, list)):
         return outputs[0], (outputs[1] if len(outputs) > 1 else None)
     return outputs, None
 
 
 def logits_of(outputs):
-    """The identity logits of a torchreid training output (see :func:`split_outputs`)."""
-    return split_outputs(outputs)[0]
+    """The identity logits of a torchreid training output: the first entry of a triplet
+    model's ``(logits, features)`` tuple, else the output itself (a list of part logits
+    stays whole: the identification loss supervises every part)."""
+    return outputs[0] if isinstance(outputs, tuple) else outputs
 
 
 def fp32(device_type):

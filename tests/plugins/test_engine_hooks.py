@@ -258,3 +258,13 @@ def test_finish_outputs_runs_after_the_hooks_updates_and_feeds_the_loss_terms(ti
     engine.forward_backward(tiny_batch)
     assert order == ['model_outputs', 'after_forward', 'finish_outputs', ('after_step', 'finished')]
     assert seen == ['finished']
+
+
+def test_part_logits_stay_whole_for_the_loss_and_give_their_first_part_to_distillation():
+    from plugins.nn.modules import logits_of, split_outputs
+    parts = [torch.zeros(2, 3), torch.ones(2, 3)]  # a part model's (PCB) training output
+    assert logits_of(parts) is parts  # the identification loss supervises every part
+    assert split_outputs(parts)[0] is parts[0] and split_outputs(parts)[1] is parts[1]
+    logits, features = torch.zeros(2, 3), torch.ones(2, 4)
+    assert logits_of((logits, features)) is logits and split_outputs((logits, features))[1] is features
+    assert split_outputs(logits) == (logits, None) and logits_of(logits) is logits
