@@ -268,3 +268,28 @@ def test_part_logits_stay_whole_for_the_loss_and_give_their_first_part_to_distil
     logits, features = torch.zeros(2, 3), torch.ones(2, 4)
     assert logits_of((logits, features)) is logits and split_outputs((logits, features))[1] is features
     assert split_outputs(logits) == (logits, None) and logits_of(logits) is logits
+
+
+@pytest.mark.parametrize('lr_step', ['epoch', 'iteration'])
+def test_lr_step_iteration_steps_every_scheduler_before_each_step_and_not_after_the_epoch(
+        tiny_batch, lr_step):
+    torch.manual_seed(0)
+    model = TinyReIDNet(4, 'triplet')
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)
+    engine = PluginEngine(NoData(4), model, optimizer, scheduler, use_gpu=False,
+                          loss_terms=[ce_term()], lr_step=lr_step)
+    class ThreeBatches(list):
+        sampler = None
+    engine.train_loader = ThreeBatches([tiny_batch] * 3)
+    engine.epoch, engine.max_epoch = 0, 1
+    engine.train(print_freq=100)
+    # 'iteration': halved before each of the 3 steps; 'epoch': once, after the epoch (host)
+    assert optimizer.param_groups[0]['lr'] == (0.125 if lr_step == 'iteration' else 0.5)
+
+
+def test_an_unknown_lr_step_is_refused():
+    model = TinyReIDNet(4)
+    with pytest.raises(ValueError, match=r"lr_step 'step' is not one of \['epoch', 'iteration'\]"):
+        PluginEngine(NoData(4), model, torch.optim.SGD(model.parameters(), lr=0.1), use_gpu=False,
+                     lr_step='step')
