@@ -22,7 +22,8 @@ Faithful to the official maths, faster: the fakes are generated once (the offici
 normalise per image, so batching changes nothing; on a CPU they run in groups of at
 most :data:`CPU_GROUP` images), the frozen E_a
 is the live one with gradients and running statistics switched off instead of a
-deep copy per iteration, and the code passes run without a graph. E_a and the
+deep copy per iteration, its pass over the fakes is shared with the student's
+(:func:`learning_and_frozen`), and the code passes run without a graph. E_a and the
 teacher keep the official batches of ``n`` images per pass (their BatchNorm uses
 batch statistics). The official code computes each term for a and for b and adds
 them; with equal halves that is :data:`HALVES` times the mean over both.
@@ -58,10 +59,9 @@ class DGNetStep(Step):
     ``labels``, the decoder's ``recon`` (G(s, f)), ``recon_positive`` (G(s, fp)) and ``fakes``
     (x_ba, x_ab), and the codes ``structure`` (s) and ``appearance`` (f) of the reals;
     :meth:`DGNetEngine.finish_outputs` after it: ``fake_codes`` and ``fake_logits`` (the fakes
-    seen by a frozen E_a). ``structure_again`` (E_s on the fakes) and ``student`` (E_a's
-    logits of the detached fakes) are computed when a term first asks for them
-    (:meth:`DGNetEngine.structure_again`, :meth:`DGNetEngine.student`), so a zero weight
-    skips them."""
+    seen by a frozen E_a) and, while the teacher's terms weigh, ``student`` (E_a's logits of
+    the detached fakes). ``structure_again`` (E_s on the fakes) is computed when a term first
+    asks for it (:meth:`DGNetEngine.structure_again`), so a zero weight skips it."""
 
     fine: torch.Tensor
     positive_logits: torch.Tensor
@@ -153,6 +153,44 @@ def code_and_primary_logits(encoder, images):
     return code, primary
 
 
+class _TwoGradientRoutes(torch.autograd.Function):
+    """One pass of ``network`` on ``x`` returned twice: what flows back into the first output
+    reaches only the network's parameters (as if ``x`` were detached), what flows into the
+    second only ``x`` (as if the network were frozen). Each route's backward runs over the one
+    saved graph, computing only what its route needs."""
+
+    @staticmethod
+    def forward(ctx, network, x, *params):
+        ctx.set_materialize_grads(False)
+        with torch.enable_grad():
+            inner_x = x.detach().requires_grad_(x.requires_grad)
+            out = network(inner_x)
+        ctx.inner, ctx.params = (inner_x, out), params
+        return out.detach(), out.detach()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, to_params, to_input):
+        (inner_x, out), params = ctx.inner, ctx.params
+        to_input = to_input if inner_x.requires_grad else None
+        param_grads = [None] * len(params)
+        if to_params is not None:
+            param_grads = torch.autograd.grad(out, params, to_params, retain_graph=to_input is not None,
+                                              allow_unused=True)
+        input_grad = None if to_input is None else torch.autograd.grad(out, inner_x, to_input)[0]
+        ctx.inner = ctx.params = None
+        return (None, input_grad, *param_grads)
+
+
+def learning_and_frozen(network, x):
+    """``(network(x.detach()), frozen network(x))`` from one forward pass: the two passes the
+    official step makes over the same images with the same weights and batch statistics
+    (E_a learning from the detached fakes, its frozen copy judging them), computed once.
+    Running statistics are updated once, by the learning pass."""
+    params = [p for p in network.parameters() if p.requires_grad]
+    return _TwoGradientRoutes.apply(network, x, *params)
+
+
 def l1(output, target):
     """The official ``recon_criterion``: mean absolute error to a detached target."""
     return (output - target.detach()).abs().mean()
@@ -214,11 +252,27 @@ class DGNetEngine(PluginEngine):
 
     def finish_outputs(self, batch, step):
         """The official ``gen_update``'s forward, after the D step: the fakes judged by a frozen
-        E_a (identity of the appearance source); the rest is computed by the terms."""
-        with frozen_encoder(self.model):
-            step.fake_codes, step.fake_logits = per_group(
-                lambda group: code_and_primary_logits(self.model, group), step.fakes, self._group)
+        E_a (identity of the appearance source) and, while the teacher's terms weigh, E_a
+        learning from the detached fakes (the student); the rest is computed by the terms."""
+        if self.weights['teacher'] or self.weights['fine']:
+            codes, judged, primary, fine = per_group(self._fakes_seen_twice, step.fakes, self._group)
+            step.fake_codes, step.fake_logits, step.student = codes, judged, (primary, fine)
+        else:
+            with frozen_encoder(self.model):
+                step.fake_codes, step.fake_logits = per_group(
+                    lambda group: code_and_primary_logits(self.model, group), step.fakes, self._group)
         return step
+
+    def _fakes_seen_twice(self, fakes):
+        """Code and primary logits of the frozen E_a, then the student's (primary, fine) logits,
+        from one trunk pass (:func:`learning_and_frozen`). The official step runs E_a's trunk
+        twice on these images, its copy and then itself, alike but for the gradients."""
+        encoder = self.model
+        learning, frozen_map = learning_and_frozen(encoder.trunk, fakes)
+        with frozen_encoder(encoder):
+            code, (judged, _) = encoder.read(frozen_map)
+        _, student = encoder.read(learning)
+        return code, judged, *student
 
     def structure_again(self, step):
         """Structure codes of (x_ab, x_ba), once per step: with probability
@@ -236,10 +290,12 @@ class DGNetEngine(PluginEngine):
         return step.structure_again
 
     def student(self, step):
-        """E_a's (primary, fine) logits of the detached fakes, once per step (the teacher's
-        student and fine-grained mining)."""
+        """E_a's (primary, fine) logits of the detached fakes (the teacher's student and
+        fine-grained mining), computed in :meth:`finish_outputs` while their terms weigh."""
         if step.student is None:
-            step.student = per_group(self.model, step.fakes.detach(), self._group)
+            raise RuntimeError('the student logits are computed only while the teacher or '
+                               'fine-grained term weighs (dgnet weights: teacher {teacher}, '
+                               'fine {fine})'.format(**self.weights))
         return step.student
 
 

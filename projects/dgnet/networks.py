@@ -176,7 +176,11 @@ class AppearanceEncoder(nn.Module):
         part ``p``. It is detached, as in the official model ("no gradient"): the
         generator's losses do not reach E_a through it.
         """
-        feature_map = self.trunk(images)
+        return self.read(self.trunk(images))
+
+    def read(self, feature_map):
+        """:meth:`encode` after the trunk: ``(code, (logits_primary, logits_fine))`` of layer4's
+        ``feature_map``."""
         code = F.adaptive_max_pool2d(feature_map, (NUM_PARTS, 1)).flatten(1).detach()
         pooled = F.adaptive_max_pool2d(feature_map, 1).flatten(1)
         return code, (self.primary(pooled), self.fine(pooled))

@@ -1,5 +1,6 @@
 """The ``dgnet`` engine on a tiny generated dataset: which step trains what, the teacher, the
 schedules across a resume, a falling reconstruction loss, mixed precision and torchrun."""
+import copy
 import os
 
 import pytest
@@ -9,7 +10,7 @@ import plugins
 from plugins.training.checkpoint import save_checkpoint
 from plugins.nn.modules import batchnorm_stats_frozen
 from plugins.training.hooks import AdversarialStepHook, TeacherDistillationHook
-from projects.dgnet.engine import random_erase
+from projects.dgnet.engine import frozen_encoder, learning_and_frozen, random_erase
 from projects.dgnet.networks import AppearanceEncoder
 
 from tests.helpers import (REPO, TINY_SYNTHREID, amp_step, changed, ddp_rank_checksums, load_tool,
@@ -312,20 +313,23 @@ def test_benchmark_section_times_a_full_iteration(tmp_path):
 
 
 def test_e_a_sees_the_erased_reals_before_the_fakes(tmp_path, teacher_weights):
-    """The official step's order of E_a's training passes (so of its BatchNorm running
-    statistics): the erased real images, then the detached fakes of the teacher phase."""
+    """The official step's order of E_a's passes that update its BatchNorm running statistics:
+    the clean and the erased real images (4 loader batches each), then the fakes of the
+    teacher phase, whose frozen and learning passes share one trunk pass."""
     engine = dgnet_run(tmp_path, teacher_weights, *ALL_TERMS_ON)
     engine.batch_idx = 2  # every term on, the student pass included
     engine.set_model_mode('train')
-    inputs = []
-    handle = engine.model.register_forward_hook(lambda m, args, out: inputs.append(args[0]))
+    trunk = engine.model.trunk
+    norm = next(m for m in trunk.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    passes = []
+    handle = trunk.register_forward_pre_hook(
+        lambda m, args: passes.append((args[0].untyped_storage().data_ptr(), norm.momentum > 0)))
     try:
         step, _ = full_step(engine, first_batch(engine))
     finally:
         handle.remove()
     fakes = step.fakes.untyped_storage().data_ptr()
-    from_fakes = [x.untyped_storage().data_ptr() == fakes for x in inputs]
-    assert from_fakes == [False] * 4 + [True] * 2  # reals and positives (4 loader batches), then fakes
+    assert [(ptr == fakes, updates) for ptr, updates in passes] == [(False, True)] * 8 + [(True, True)] * 2
 
 
 def test_on_a_cpu_g_and_d_see_groups_of_n_images_and_grouping_changes_nothing(tmp_path, teacher_weights):
@@ -351,3 +355,47 @@ def test_on_a_cpu_g_and_d_see_groups_of_n_images_and_grouping_changes_nothing(tm
              for fn in (discriminator_step_loss, generator_step_loss)]
     for a, b in zip(grouped, whole):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_one_trunk_pass_gives_the_learning_and_the_frozen_gradients():
+    """:func:`learning_and_frozen`: y = w x once; the first output's gradient reaches only w
+    (dy/dw = x), the second's only x (dy/dx = w); then a BatchNorm network against the two
+    official passes (the network on detached inputs; its frozen copy on the inputs)."""
+    w, x = torch.tensor(3.0, requires_grad=True), torch.tensor(2.0, requires_grad=True)
+
+    class Scale(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(w.detach().clone())
+
+        def forward(self, inputs):
+            return self.w * inputs
+
+    scale = Scale()
+    learning, frozen = learning_and_frozen(scale, x * 1)
+    learning.backward()
+    assert scale.w.grad.item() == 2.0 and x.grad is None
+    learning, frozen = learning_and_frozen(scale, x * 1)
+    (5 * frozen).backward()
+    assert scale.w.grad.item() == 2.0 and x.grad.item() == 15.0
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, 2, 1))
+    reference = copy.deepcopy(net)
+    images = torch.randn(3, 3, 6, 5, requires_grad=True)
+    target_a, target_b = torch.randn(3, 2, 4, 3), torch.randn(3, 2, 4, 3)
+
+    def loss(learning, frozen):
+        return ((learning - target_a) ** 2).sum() + (frozen * target_b).sum()
+
+    with frozen_encoder(reference):
+        frozen_ref = reference(images)
+    loss(reference(images.detach()), frozen_ref).backward()
+    expected_input_grad, images.grad = images.grad, None
+    loss(*learning_and_frozen(net, images)).backward()
+    torch.testing.assert_close(images.grad, expected_input_grad)
+    for ours, official in zip(net.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours.grad, official.grad)
+    for ours, official in zip(net.buffers(), reference.buffers()):  # one running-statistics update
+        torch.testing.assert_close(ours, official)
