@@ -56,7 +56,9 @@ def conv_layers(in_channels, out_channels, kernel_size, stride=1, dilation=1, no
 
     Reflection padding keeping the size (before striding), a biased convolution (the
     official block keeps the bias even before a normalisation), then ``norm`` (a module
-    or None) and a leaky ReLU.
+    or None) and a leaky ReLU in place, as there: neither the convolution nor a
+    normalisation keeps its output for the backward, so the activation's saved output
+    is the only copy (the next 1x1 convolution's saved input shares it).
     """
     padding = dilation * (kernel_size - 1) // 2
     layers = [nn.ReflectionPad2d(padding)] if padding else []
@@ -64,7 +66,7 @@ def conv_layers(in_channels, out_channels, kernel_size, stride=1, dilation=1, no
     if norm is not None:
         layers.append(norm)
     if activation:
-        layers.append(nn.LeakyReLU(LEAKY_SLOPE))
+        layers.append(nn.LeakyReLU(LEAKY_SLOPE, inplace=True))
     return layers
 
 
@@ -287,11 +289,14 @@ class StructureEncoder(nn.Module):
 def adaptive_instance_norm(x, weight, bias, eps=1e-5):
     """Instance-normalise each (sample, channel) map, then scale and shift it per sample.
 
-    ``weight``, ``bias``: ``(N, C)``. Same result as the official
-    ``AdaptiveInstanceNorm2d`` (batch norm in training mode over the ``(1, N*C, H, W)``
-    view, biased variance) without assigning the parameters to the module.
+    ``weight``, ``bias``: ``(N, C)``. The official ``AdaptiveInstanceNorm2d``: batch norm
+    in training mode over the ``(1, N*C, H, W)`` view (biased variance), its affine
+    taking the per-sample parameters, which are passed here instead of assigned to the
+    module. One operation, so its backward keeps only the input and the statistics.
     """
-    return F.instance_norm(x, eps=eps) * weight[:, :, None, None] + bias[:, :, None, None]
+    n, c = x.shape[:2]
+    return F.batch_norm(x.reshape(1, n * c, *x.shape[2:]), None, None, weight.reshape(-1),
+                        bias.reshape(-1), training=True, eps=eps).view_as(x)
 
 
 class LayerNorm(nn.Module):
@@ -330,7 +335,7 @@ class AdaINResidualBlock(nn.Module):
 
     def forward(self, x, weight, bias):
         (w1, w2), (b1, b2) = weight.chunk(2, dim=1), bias.chunk(2, dim=1)
-        h = F.leaky_relu(adaptive_instance_norm(self.conv1(x), w1, b1), LEAKY_SLOPE)
+        h = F.leaky_relu(adaptive_instance_norm(self.conv1(x), w1, b1), LEAKY_SLOPE, inplace=True)
         return x + adaptive_instance_norm(self.conv2(h), w2, b2)
 
 

@@ -4,11 +4,12 @@ import os
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from projects.dgnet.networks import (AdaINParameterMLPs, AdaINResidualBlock, AppearanceEncoder,
                                      Decoder, Generator, LayerNorm, MultiScaleDiscriminator,
-                                     adaptive_instance_norm, discriminator_loss,
+                                     adaptive_instance_norm, conv_layers, discriminator_loss,
                                      generator_adversarial_loss, r1_penalty)
 
 # Smallest convenient 2:1 size: the dilation-9 ASPP branch needs a structure code of at least 10x10.
@@ -161,6 +162,37 @@ def test_functional_adain_equals_the_official_batch_norm_formulation():
     official = F.batch_norm(x.reshape(1, 12, 5, 6), torch.zeros(12), torch.ones(12),
                             weight.reshape(-1), bias.reshape(-1), True, 0.1, 1e-5).view_as(x)
     assert torch.allclose(adaptive_instance_norm(x, weight, bias), official, atol=1e-5)
+    # by hand: each (sample, channel) map to zero mean and unit biased variance, then w x + b
+    mean, var = x.mean((2, 3), keepdim=True), x.var((2, 3), unbiased=False, keepdim=True)
+    by_hand = (x - mean) / (var + 1e-5).sqrt() * weight[:, :, None, None] + bias[:, :, None, None]
+    assert torch.allclose(adaptive_instance_norm(x, weight, bias), by_hand, atol=1e-5)
+
+
+def _saved_activations(fn, x):
+    """Sizes of the storages, other than the input ``x``'s and at least its size, that the
+    backward of ``fn(x)`` keeps: the activations it adds (not the weights)."""
+    kept = {}
+
+    def pack(t):
+        storage = t.untyped_storage().data_ptr()
+        if t.numel() >= x.numel() and storage != x.untyped_storage().data_ptr():
+            kept[storage] = t.numel()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(x)
+    return sorted(kept.values())
+
+
+def test_generator_layers_keep_one_copy_of_each_activation_for_the_backward():
+    """The memory of the official layers: AdaIN is one operation keeping only its input (not
+    also the normalised map it scales), and the leaky ReLU works in place, so the map it
+    keeps is the next 1x1 convolution's input too."""
+    x = torch.randn(2, 4, 6, 5, requires_grad=True)
+    weight, bias = torch.randn(2, 4, requires_grad=True), torch.randn(2, 4, requires_grad=True)
+    assert _saved_activations(lambda x: adaptive_instance_norm(x * 1, weight, bias), x) == [240]
+    layers = nn.Sequential(*conv_layers(4, 4, 3), nn.Conv2d(4, 3, 1))
+    # the padded input of the 3x3 convolution, and the activation (also the 1x1's input)
+    assert _saved_activations(layers, x) == [2 * 4 * 6 * 5, 2 * 4 * 8 * 7]
 
 
 def test_layer_norm_uses_the_official_unbiased_std_plus_eps():
