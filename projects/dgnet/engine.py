@@ -17,8 +17,7 @@ their positives ``xp_a``), the last ``n`` loader b. One iteration (official
 5. one step of E_a (SGD) and E_s + G (Adam) on the weighted sum of every term
    below, the teacher's KL through :class:`plugins.TeacherDistillationHook`.
 
-Faithful to the official maths, faster: the fakes are generated once (the official
-``dis_update`` generates them again), G and D see whole batches on a GPU (they
+Faithful to the official maths, faster: G and D see whole batches on a GPU (they
 normalise per image, so batching changes nothing; on a CPU they run in groups of at
 most :data:`CPU_GROUP` images), the frozen E_a
 is the live one with gradients and running statistics switched off instead of a
