@@ -9,6 +9,7 @@ import subprocess
 import sys
 import traceback
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -188,3 +189,9 @@ def ddp_rank_checksums(configs, tmp_path, *opts):
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-5000:]
     return {tuple(line.split()[1:3]): [float(v) for v in line.split()[3:]]
             for line in proc.stdout.splitlines() if line.startswith('CHECKSUM ')}
+
+
+# a device parameter for tests that run on the CPU and, where there is one, on a GPU
+# (collected by ``pytest -m cuda``, as tools/gpu_check.sh does)
+CUDA = pytest.param('cuda', marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason='needs a CUDA GPU')])

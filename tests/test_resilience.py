@@ -16,7 +16,7 @@ from plugins.training.checkpoint import load_checkpoint, save_checkpoint
 from plugins.data.images import ImageReadError, read_image
 from plugins.training.resilience import NonFiniteLossError, latest_checkpoint
 from plugins import NoData
-from tests.helpers import REPO, TINY_SYNTHREID, TinyReIDNet, count_host_reads, run_tool
+from tests.helpers import CUDA, REPO, TINY_SYNTHREID, TinyReIDNet, count_host_reads, run_tool
 
 CONFIG = os.path.join(REPO, 'configs', 'baselines', 'resnet50_synthreid.yaml')
 RUN = ['model.name', 'resnet18', 'train.max_epoch', '2', 'train.batch_size', '4', 'use_gpu', 'False',
@@ -28,10 +28,6 @@ def step_losses(output):
     """``(epoch, iteration) -> loss_x`` from the per-step log lines."""
     return {(int(e), int(i)): float(x) for e, i, x in
             re.findall(r'epoch: \[(\d+)/\d+\]\[(\d+)/\d+\].*?loss_x ([\d.]+)', output)}
-
-
-CUDA = pytest.param('cuda', marks=[pytest.mark.cuda, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason='needs a CUDA GPU')])
 
 
 @pytest.mark.parametrize('device', ['cpu', CUDA])

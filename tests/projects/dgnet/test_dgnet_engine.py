@@ -13,8 +13,8 @@ from plugins.training.hooks import AdversarialStepHook, TeacherDistillationHook
 from projects.dgnet.engine import frozen_encoder, learning_and_frozen, random_erase
 from projects.dgnet.networks import AppearanceEncoder
 
-from tests.helpers import (REPO, TINY_SYNTHREID, amp_step, changed, ddp_rank_checksums, load_tool,
-                            run_benchmark_section, snapshot, tiny_synthreid_run)
+from tests.helpers import (CUDA, REPO, TINY_SYNTHREID, amp_step, changed, ddp_rank_checksums,
+                            load_tool, run_benchmark_section, snapshot, tiny_synthreid_run)
 
 CONFIG = os.path.join(REPO, 'configs', 'dgnet', 'dgnet_resnet50_synthreid.yaml')
 NUM_IDS = 6  # TINY_SYNTHREID's training identities
@@ -357,10 +357,19 @@ def test_on_a_cpu_g_and_d_see_groups_of_n_images_and_grouping_changes_nothing(tm
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
-def test_one_trunk_pass_gives_the_learning_and_the_frozen_gradients():
+@pytest.mark.parametrize('device', ['cpu', CUDA])
+def test_one_trunk_pass_gives_the_learning_and_the_frozen_gradients(device):
     """:func:`learning_and_frozen`: y = w x once; the first output's gradient reaches only w
     (dy/dw = x), the second's only x (dy/dx = w); then a BatchNorm network against the two
     official passes (the network on detached inputs; its frozen copy on the inputs)."""
+    torch.set_default_device(device)
+    try:
+        _check_two_gradient_routes()
+    finally:
+        torch.set_default_device(None)
+
+
+def _check_two_gradient_routes():
     w, x = torch.tensor(3.0, requires_grad=True), torch.tensor(2.0, requires_grad=True)
 
     class Scale(torch.nn.Module):
