@@ -79,6 +79,10 @@ def test_before_the_warm_up_the_teacher_and_cycle_terms_are_not_computed(tmp_pat
     step, losses = full_step(engine, data)
     assert set(losses) == {'recon_x', 'recon_xp', 'id', 'pid', 'recon_id'}
     assert step.student is None and step.structure_again is None  # never computed
+    with pytest.raises(RuntimeError, match='only while the teacher or fine-grained term weighs'):
+        engine.student(step)
+    # only the frozen E_a sees the fakes: their pass leaves the running statistics alone
+    assert trunk_passes(engine) == [(False, True)] * 8 + [(True, False)] * 2
     # the fine-grained head is in the 'id' term at weight 0 (official weight_B): zero gradients,
     # so SGD's weight decay still shrinks it, as in the official run's first 30k iterations
     engine.model.zero_grad(set_to_none=True)
@@ -312,13 +316,9 @@ def test_benchmark_section_times_a_full_iteration(tmp_path):
     assert '## dgnet' in md and '| fp32 |' in md
 
 
-def test_e_a_sees_the_erased_reals_before_the_fakes(tmp_path, teacher_weights):
-    """The official step's order of E_a's passes that update its BatchNorm running statistics:
-    the clean and the erased real images (4 loader batches each), then the fakes of the
-    teacher phase, whose frozen and learning passes share one trunk pass."""
-    engine = dgnet_run(tmp_path, teacher_weights, *ALL_TERMS_ON)
-    engine.batch_idx = 2  # every term on, the student pass included
-    engine.set_model_mode('train')
+def trunk_passes(engine):
+    """One step's forward (:func:`full_step`) and, for each pass of E_a's trunk in order,
+    (whether it ran on the fakes, whether it updated BatchNorm running statistics)."""
     trunk = engine.model.trunk
     norm = next(m for m in trunk.modules() if isinstance(m, torch.nn.BatchNorm2d))
     passes = []
@@ -329,7 +329,17 @@ def test_e_a_sees_the_erased_reals_before_the_fakes(tmp_path, teacher_weights):
     finally:
         handle.remove()
     fakes = step.fakes.untyped_storage().data_ptr()
-    assert [(ptr == fakes, updates) for ptr, updates in passes] == [(False, True)] * 8 + [(True, True)] * 2
+    return [(ptr == fakes, updates) for ptr, updates in passes]
+
+
+def test_e_a_sees_the_erased_reals_before_the_fakes(tmp_path, teacher_weights):
+    """The official step's order of E_a's passes that update its BatchNorm running statistics:
+    the clean and the erased real images (4 loader batches each), then the fakes of the
+    teacher phase, whose frozen and learning passes share one trunk pass."""
+    engine = dgnet_run(tmp_path, teacher_weights, *ALL_TERMS_ON)
+    engine.batch_idx = 2  # every term on, the student pass included
+    engine.set_model_mode('train')
+    assert trunk_passes(engine) == [(False, True)] * 8 + [(True, True)] * 2
 
 
 def test_on_a_cpu_g_and_d_see_groups_of_n_images_and_grouping_changes_nothing(tmp_path, teacher_weights):
