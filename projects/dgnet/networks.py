@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from plugins import ResNetTrunk, model_builder
+from plugins import ResNetTrunk, fp32, model_builder
 
 __all__ = ['dgnet_resnet50', 'AppearanceEncoder', 'ClassBlock', 'StructureEncoder', 'ASPP', 'Decoder',
            'AdaINParameterMLPs', 'AdaINResidualBlock', 'Generator', 'MultiScaleDiscriminator',
@@ -51,23 +51,114 @@ ASPP_DILATIONS = (3, 6, 9)
 
 
 def conv_layers(in_channels, out_channels, kernel_size, stride=1, dilation=1, norm=None,
-                activation=True):
+                activation=True, upsample=False):
     """Layers of the official ``Conv2dBlock`` with ``pad_type='reflect'``.
 
     Reflection padding keeping the size (before striding), a biased convolution (the
     official block keeps the bias even before a normalisation), then ``norm`` (a module
     or None) and a leaky ReLU in place, as there: neither the convolution nor a
     normalisation keeps its output for the backward, so the activation's saved output
-    is the only copy (the next 1x1 convolution's saved input shares it).
+    is the only copy (the next 1x1 convolution's saved input shares it). ``upsample``:
+    the official nearest x2 upsampling in front, padding and convolution computed
+    together by :class:`UpsampledConv2d`.
     """
-    padding = dilation * (kernel_size - 1) // 2
-    layers = [nn.ReflectionPad2d(padding)] if padding else []
-    layers.append(nn.Conv2d(in_channels, out_channels, kernel_size, stride, dilation=dilation))
+    if upsample:
+        layers = [UpsampledConv2d(in_channels, out_channels, kernel_size)]
+    else:
+        padding = dilation * (kernel_size - 1) // 2
+        layers = [nn.ReflectionPad2d(padding)] if padding else []
+        layers.append(nn.Conv2d(in_channels, out_channels, kernel_size, stride, dilation=dilation))
     if norm is not None:
         layers.append(norm)
     if activation:
         layers.append(nn.LeakyReLU(LEAKY_SLOPE, inplace=True))
     return layers
+
+
+def _phase_taps(kernel_size, like):
+    """``(2, 2 r + 1, k)`` 0/1 tensor: which of the ``k`` taps (along one axis) of a kernel
+    applied to a nearest x2 upsampled map fall on low-resolution offset ``t - r``, for
+    even (phase 0) and odd (phase 1) output positions; ``r = ceil(p / 2)``, ``p = k // 2``.
+    Output ``2m + phase`` tap ``a`` reads upsampled ``2m + phase + a - p``, i.e. low-resolution
+    ``m + (phase + a - p) // 2``. Built on ``like``'s device (no host copy)."""
+    p = kernel_size // 2
+    reach = (p + 1) // 2
+    phase, offset, tap = (torch.arange(n, device=like.device) for n in (2, 2 * reach + 1, kernel_size))
+    lands = (phase[:, None, None] + tap - p).div(2, rounding_mode='floor') + reach
+    return (lands == offset[:, None]).to(like.dtype)
+
+
+def _reflected(size, p, device):
+    """Low-resolution rows (or columns) that the upsampled map's reflection padding of ``p``
+    repeats: the ``p`` before it (upsampled rows ``p .. 1``), then the ``p`` after it
+    (upsampled rows ``2 size - 2 .. 2 size - 1 - p``)."""
+    j = torch.arange(p, device=device)
+    return torch.cat([(p - j).div(2, rounding_mode='floor'),
+                      (2 * size - 2 - j).div(2, rounding_mode='floor')])
+
+
+def _outer(size, p, device):
+    """The first and the last ``p`` of ``size`` positions."""
+    j = torch.arange(p, device=device)
+    return torch.cat([j, size - p + j])
+
+
+def upsampled_conv2d(x, weight, bias):
+    """``conv2d(reflect_pad(nearest_upsample_x2(x), k // 2), weight, bias)``: the official
+    ``Upsample`` + ``Conv2dBlock`` (reflection padding, stride 1, odd ``k``) without building
+    the upsampled map.
+
+    Output ``(2m + i, 2n + j)`` reads low-resolution pixels ``m - r .. m + r`` (rows) and
+    ``n - r .. n + r`` (columns), each through the sum of the taps that fall on it
+    (:func:`_phase_taps`). The four phases' summed kernels interleave into one
+    ``2 (2r + 1)``-tap kernel of a stride-2 transposed convolution of ``x``: at ``k = 5``,
+    36 multiplies per low-resolution pixel instead of 4 x 25, and the backward keeps ``x``
+    instead of the 4x larger upsampled and padded maps. The transposed convolution sees
+    zeros around ``x`` where the official map has reflected rows: with ``A`` the official
+    padded upsampling along an axis and ``Z`` the zero-padded one, ``A_r A_c = Z_r Z_c +
+    (A_r - Z_r) A_c + Z_r (A_c - Z_c)``, and the last two terms, non-zero only in the ``p``
+    padding rows (columns), reach the outer ``p`` output rows (columns) through the
+    kernel's outer taps; they are added there.
+    """
+    out_channels, in_channels, k, _ = weight.shape
+    p = k // 2
+    height, width = x.shape[-2:]
+    if p >= 2 * min(height, width):
+        raise ValueError('an upsampled {0}x{0} convolution reflects {1} rows and columns of the '
+                         'upsampled map, which needs more than {1}: got a {2}x{3} input'.format(
+                             k, p, height, width))
+    with fp32(x.device.type):  # sums of weights, in the weights' precision
+        taps = _phase_taps(k, weight)
+        phases = torch.einsum('iak,jbl,oukl->ouaibj', taps, taps, weight)
+    size = 2 * taps.shape[1]  # offsets last to first, phases inside: transposed-convolution order
+    kernel = phases.flip(2, 4).reshape(out_channels, in_channels, size, size).transpose(0, 1)
+    y = F.conv_transpose2d(x, kernel, bias, stride=2, padding=size // 2 - 1)
+
+    rows = F.interpolate(x.index_select(2, _reflected(height, p, x.device)), scale_factor=(1, 2))
+    rows = F.pad(rows, (p, p, 0, 0), mode='reflect')  # (A_r - Z_r) A_c
+    top = F.conv2d(F.pad(rows[..., :p, :], (0, 0, 0, p - 1)), weight[:, :, :p])
+    bottom = F.conv2d(F.pad(rows[..., p:, :], (0, 0, p - 1, 0)), weight[:, :, p + 1:])
+    cols = F.interpolate(x.index_select(3, _reflected(width, p, x.device)), scale_factor=(2, 1))
+    # Z_r (A_c - Z_c): the rows' zero padding is the convolution's
+    left = F.conv2d(F.pad(cols[..., :p], (0, p - 1)), weight[..., :p], padding=(p, 0))
+    right = F.conv2d(F.pad(cols[..., p:], (p - 1, 0)), weight[..., p + 1:], padding=(p, 0))
+    y.index_add_(2, _outer(2 * height, p, x.device), torch.cat([top, bottom], dim=2))
+    return y.index_add_(3, _outer(2 * width, p, x.device), torch.cat([left, right], dim=3))
+
+
+class UpsampledConv2d(nn.Conv2d):
+    """Nearest x2 upsampling, reflection padding of ``k // 2`` and a ``k x k`` convolution
+    (odd ``k``): the official ``nn.Upsample(scale_factor=2)`` + ``Conv2dBlock``, same
+    parameters, computed by :func:`upsampled_conv2d`."""
+
+    def __init__(self, in_channels, out_channels, kernel_size):
+        if kernel_size % 2 == 0 or kernel_size < 3:
+            raise ValueError('UpsampledConv2d needs an odd kernel size of at least 3, got {}'.format(
+                kernel_size))
+        super().__init__(in_channels, out_channels, kernel_size)
+
+    def forward(self, x):
+        return upsampled_conv2d(x, self.weight, self.bias)
 
 
 def _kaiming_init(module):
@@ -356,10 +447,8 @@ class Decoder(nn.Module):
         self.adain_channels = sum(block.adain_channels for block in self.blocks)
         half, quarter = channels // 2, channels // 4
         self.to_image = nn.Sequential(
-            nn.Upsample(scale_factor=2, mode='nearest'),
-            *conv_layers(channels, half, 5, norm=LayerNorm(half)),
-            nn.Upsample(scale_factor=2, mode='nearest'),
-            *conv_layers(half, quarter, 5, norm=LayerNorm(quarter)),
+            *conv_layers(channels, half, 5, norm=LayerNorm(half), upsample=True),
+            *conv_layers(half, quarter, 5, norm=LayerNorm(quarter), upsample=True),
             *conv_layers(quarter, quarter, 3),
             *conv_layers(quarter, quarter, 3),
             *conv_layers(quarter, 3, 1, activation=False))

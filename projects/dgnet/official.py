@@ -97,8 +97,8 @@ _ENCODER_NAMES = (  # E_a: our AppearanceEncoder -> official ft_netAB
 )
 
 _STEM = {1: 0, 5: 1, 9: 2, 13: 3}  # our E_s layer index of each stem convolution -> official block
-_TO_IMAGE = {2: '3.conv', 3: '3.norm', 7: '5.conv', 8: '5.norm', 11: '6.conv', 14: '7.conv',
-             16: '8.conv'}  # our decoder.to_image index -> official dec.model block
+_TO_IMAGE = {0: '3.conv', 1: '3.norm', 3: '5.conv', 4: '5.norm', 7: '6.conv', 10: '7.conv',
+             12: '8.conv'}  # our decoder.to_image index -> official dec.model block
 _GENERATOR_NAMES = (  # our Generator -> official AdaINGen
     (r'structure_encoder\.layers\.(1|5|9|13)\.',
      lambda m: 'enc_content.model.{}.conv.'.format(_STEM[int(m.group(1))])),
@@ -115,7 +115,7 @@ _GENERATOR_NAMES = (  # our Generator -> official AdaINGen
                                                int(m.group(3)) // 2)),
     (r'decoder\.blocks\.([0-3])\.conv([12])\.1\.',
      lambda m: 'dec.model.1.model.{}.model.{}.conv.'.format(m.group(1), int(m.group(2)) - 1)),
-    (r'decoder\.to_image\.(2|3|7|8|11|14|16)\.',
+    (r'decoder\.to_image\.(0|1|3|4|7|10|12)\.',
      lambda m: 'dec.model.{}.'.format(_TO_IMAGE[int(m.group(1))])),
 )
 

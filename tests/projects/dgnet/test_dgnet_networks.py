@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from projects.dgnet.networks import (AdaINParameterMLPs, AdaINResidualBlock, AppearanceEncoder,
                                      Decoder, Generator, LayerNorm, MultiScaleDiscriminator,
-                                     adaptive_instance_norm, conv_layers, discriminator_loss,
-                                     generator_adversarial_loss, r1_penalty)
+                                     UpsampledConv2d, adaptive_instance_norm, conv_layers,
+                                     discriminator_loss, generator_adversarial_loss, r1_penalty)
+from tests.helpers import CUDA
 
 # Smallest convenient 2:1 size: the dilation-9 ASPP branch needs a structure code of at least 10x10.
 SMALL = (80, 40)
@@ -193,6 +194,58 @@ def test_generator_layers_keep_one_copy_of_each_activation_for_the_backward():
     layers = nn.Sequential(*conv_layers(4, 4, 3), nn.Conv2d(4, 3, 1))
     # the padded input of the 3x3 convolution, and the activation (also the 1x1's input)
     assert _saved_activations(layers, x) == [2 * 4 * 6 * 5, 2 * 4 * 8 * 7]
+
+
+def _official_upsampled_conv(conv, x):
+    """The official layers: nn.Upsample(scale_factor=2), then Conv2dBlock's reflection padding
+    and convolution."""
+    p = conv.kernel_size[0] // 2
+    return F.conv2d(nn.ReflectionPad2d(p)(nn.Upsample(scale_factor=2)(x)), conv.weight, conv.bias)
+
+
+@pytest.mark.parametrize('device', ['cpu', CUDA])
+@pytest.mark.parametrize('kernel_size, size', [(3, (1, 2)), (3, (4, 3)), (5, (2, 2)), (5, (5, 4)),
+                                               (5, (16, 8)), (7, (2, 3)), (7, (6, 5))])
+def test_upsampled_convolution_equals_the_official_upsample_pad_convolution(kernel_size, size, device):
+    """Output and every gradient, in float64, from the smallest inputs the reflection allows
+    (where the top and bottom corrections meet) to the decoder's 2:1 maps."""
+    torch.manual_seed(0)
+    conv = UpsampledConv2d(3, 2, kernel_size).double().to(device)
+    x = torch.randn(2, 3, *size, dtype=torch.float64, device=device, requires_grad=True)
+    ours, official = conv(x), _official_upsampled_conv(conv, x)
+    assert ours.shape == (2, 2, 2 * size[0], 2 * size[1])
+    assert torch.allclose(ours, official, atol=1e-12)
+    grad = torch.randn_like(official)
+    inputs = (x, conv.weight, conv.bias)
+    for g_ours, g_official in zip(torch.autograd.grad(ours, inputs, grad),
+                                  torch.autograd.grad(official, inputs, grad)):
+        assert torch.allclose(g_ours, g_official, atol=1e-12)
+
+
+def test_upsampled_convolution_by_hand_and_its_limits():
+    conv = UpsampledConv2d(1, 1, 3)
+    with torch.no_grad():  # only the top-left tap: output (i, j) is padded map (i, j)
+        conv.weight.zero_()[0, 0, 0, 0] = 1
+        conv.bias.zero_()
+    x = torch.tensor([[1., 2.], [3., 4.]])[None, None]
+    # upsampled rows/columns 0..3 hold x's 0, 0, 1, 1; reflected by 1: 0, 0, 0, 1
+    expected = torch.tensor([[1., 1., 1., 2.], [1., 1., 1., 2.], [1., 1., 1., 2.], [3., 3., 3., 4.]])
+    assert torch.equal(conv(x)[0, 0], expected)
+    with pytest.raises(ValueError, match='odd kernel size of at least 3, got 4'):
+        UpsampledConv2d(1, 1, 4)
+    with pytest.raises(ValueError, match='reflects 3 rows and columns .* got a 1x4 input'):
+        UpsampledConv2d(1, 1, 7)(torch.randn(1, 1, 1, 4))
+
+
+def test_upsampled_convolution_keeps_its_input_not_the_upsampled_map():
+    """The official layers keep the upsampled map (the reflection padding's input) and the
+    padded map (the convolution's), each over 4x the input; computed from the
+    low-resolution input, only that input is kept."""
+    conv = UpsampledConv2d(4, 3, 5)
+    x = torch.randn(2, 4, 12, 10, requires_grad=True)  # larger than the weights' derived kernels
+    assert _saved_activations(lambda x: conv(x * 1), x) == [2 * 4 * 12 * 10]
+    assert _saved_activations(lambda x: _official_upsampled_conv(conv, x * 1), x) == [
+        2 * 4 * 24 * 20, 2 * 4 * 28 * 24]
 
 
 def test_layer_norm_uses_the_official_unbiased_std_plus_eps():
