@@ -12,6 +12,7 @@ in the report (:class:`OfficialCode.patches`).
 import contextlib
 import importlib
 import os
+import resource
 import sys
 import time
 from collections import namedtuple
@@ -50,9 +51,11 @@ class Report:
             lines.append('')
         for title, rows in self.timings:
             lines += ['**{}**'.format(title), '', '| | official (s) | ours (s) | ours / official '
-                      '| official peak (MiB) | ours peak (MiB) |', '|---|---:|---:|---:|---:|---:|']
-            lines += ['| {} | {:.3f} | {:.3f} | {:.2f} | {:.0f} | {:.0f} |'.format(*row)
-                      for row in rows]
+                      '| official peak (MiB) | ours peak (MiB) | ours / official, user CPU time |',
+                      '|---|---:|---:|---:|---:|---:|---:|']
+            lines += ['| {} | {:.3f} | {:.3f} | {:.2f} | {:.0f} | {:.0f} | {} |'.format(
+                *row[:-1], '' if row.cpu_ratio is None else '{:.2f}'.format(row.cpu_ratio))
+                for row in rows]
             lines.append('')
         return '\n'.join(lines + self.notes)
 
@@ -63,9 +66,16 @@ class Report:
 
 
 TimingRow = namedtuple('TimingRow', ['what', 'official_s', 'ours_s', 'ratio', 'official_peak_mib',
-                                     'ours_peak_mib'])
+                                     'ours_peak_mib', 'cpu_ratio'])
 TimingRow.__doc__ = """Median seconds of each side, the median over rounds of ours / official,
-and each side's largest peak memory over the rounds (above what was allocated before)."""
+each side's largest peak memory over the rounds (above what was allocated before), and on a
+CPU the median over rounds of ours / official in user CPU time (None on a GPU)."""
+
+
+def user_cpu_seconds():
+    """CPU time this process (all its threads) has spent in user mode: the computation, without
+    the kernel's time (page faults, memory mapping) that wall time on a CPU also holds."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_utime
 
 
 def time_side_by_side(what, official, ours, rounds, device):
@@ -81,12 +91,12 @@ def time_side_by_side(what, official, ours, rounds, device):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), user_cpu_seconds()
         fn()
         if cuda:
             torch.cuda.synchronize()
         peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20 if cuda else None
-        return time.perf_counter() - start, peak
+        return time.perf_counter() - start, user_cpu_seconds() - cpu_start, peak
 
     official(), ours()
     results = {'official': [], 'ours': []}
@@ -94,12 +104,15 @@ def time_side_by_side(what, official, ours, rounds, device):
     for r in range(rounds):
         for name, fn in sides if r % 2 == 0 else sides[::-1]:
             results[name].append(measured(fn))
-    times = {name: [s for s, _ in values] for name, values in results.items()}
-    peaks = ({name: max(p for _, p in values) for name, values in results.items()} if cuda
+    times, cpu_times = ({name: [m[k] for m in values] for name, values in results.items()}
+                        for k in (0, 1))
+    peaks = ({name: max(m[2] for m in values) for name, values in results.items()} if cuda
              else {name: peak_cpu_tensor_mib(fn) for name, fn in sides})
+
+    def ratio(of):
+        return float(np.median([o / t for o, t in zip(of['ours'], of['official'])]))
     return TimingRow(what, float(np.median(times['official'])), float(np.median(times['ours'])),
-                     float(np.median([o / t for o, t in zip(times['ours'], times['official'])])),
-                     peaks['official'], peaks['ours'])
+                     ratio(times), peaks['official'], peaks['ours'], None if cuda else ratio(cpu_times))
 
 
 def peak_cpu_tensor_mib(fn):

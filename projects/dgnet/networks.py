@@ -39,8 +39,8 @@ from plugins import ResNetTrunk, fp32, model_builder
 
 __all__ = ['dgnet_resnet50', 'AppearanceEncoder', 'ClassBlock', 'StructureEncoder', 'ASPP', 'Decoder',
            'AdaINParameterMLPs', 'AdaINResidualBlock', 'Generator', 'MultiScaleDiscriminator',
-           'LayerNorm', 'adaptive_instance_norm', 'discriminator_loss', 'generator_adversarial_loss',
-           'r1_penalty']
+           'LayerNorm', 'UpsampledConv2d', 'adaptive_instance_norm', 'upsampled_conv2d',
+           'discriminator_loss', 'generator_adversarial_loss', 'r1_penalty']
 
 LEAKY_SLOPE = 0.2  # the official 'lrelu' activation
 NUM_PARTS = 4  # horizontal parts of the appearance code (ft_netAB.part)
@@ -394,7 +394,12 @@ class LayerNorm(nn.Module):
     """The official ``LayerNorm``: per-sample mean and (unbiased) standard deviation over
     C, H, W, ``(x - mean) / (std + eps)``, then a per-channel affine whose scale starts
     U(0, 1). Not ``nn.LayerNorm``/``nn.GroupNorm``: those divide by ``sqrt(var + eps)``
-    with the biased variance."""
+    with the biased variance.
+
+    Computed as one pass over the map, ``x * s + t`` with the per-(sample, channel)
+    ``s = gamma / (std + eps)`` and ``t = beta - mean * s``: the same function, whose
+    backward keeps only ``x`` (the official steps keep ``x - mean`` and the normalised map).
+    """
 
     def __init__(self, num_features, eps=1e-5):
         super().__init__()
@@ -404,10 +409,11 @@ class LayerNorm(nn.Module):
 
     def forward(self, x):
         flat = x.flatten(1)
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        x = (x - flat.mean(1).view(shape)) / (flat.std(1).view(shape) + self.eps)
-        affine_shape = (1, -1) + (1,) * (x.dim() - 2)
-        return x * self.gamma.view(affine_shape) + self.beta.view(affine_shape)
+        per_sample = (-1, 1)
+        scale = self.gamma / (flat.std(1).view(per_sample) + self.eps)
+        shift = self.beta - flat.mean(1).view(per_sample) * scale
+        trailing = (1,) * (x.dim() - 2)
+        return torch.addcmul(shift.view(*shift.shape, *trailing), x, scale.view(*scale.shape, *trailing))
 
 
 class AdaINResidualBlock(nn.Module):
@@ -435,8 +441,9 @@ class Decoder(nn.Module):
     ``dropout 0``: the official zero-rate dropout layer is left out).
 
     4 AdaIN residual blocks at 128 channels; twice nearest x2 upsampling + 5x5 conv +
-    :class:`LayerNorm` + lrelu (128 -> 64 -> 32); two 3x3 convs at 32 channels with lrelu
-    and no norm; a 1x1 conv to RGB. ``forward(structure, adain_weight, adain_bias)``
+    :class:`LayerNorm` + lrelu (128 -> 64 -> 32; the upsampling and convolution together
+    by :class:`UpsampledConv2d`); two 3x3 convs at 32 channels with lrelu and no norm; a
+    1x1 conv to RGB. ``forward(structure, adain_weight, adain_bias)``
     takes the ``(N, adain_channels)`` AdaIN parameters of :class:`AdaINParameterMLPs`;
     block ``k`` reads columns ``[256 k, 256 (k + 1))``, i.e. the output of MLP ``k``.
     """

@@ -49,16 +49,21 @@ def test_compare_reports_the_largest_difference_and_refuses_other_shapes():
 
 
 def test_time_side_by_side_alternates_the_order_and_pairs_ratios_by_round(monkeypatch):
-    calls, clock = [], [0.0]
+    calls, clock, cpu_clock = [], [0.0], [0.0]
     durations = {'official': iter([9.0, 2.0, 1.0, 4.0, 2.0]), 'ours': iter([9.0, 1.0, 0.5, 1.0, 3.0])}
+    # user CPU time: twice the wall time on the official side, equal to it on ours
+    cpu_per_second = {'official': 2.0, 'ours': 1.0}
 
     def side(name):
         def run():
             calls.append(name)
-            clock[0] += next(durations[name])
+            seconds = next(durations[name])
+            clock[0] += seconds
+            cpu_clock[0] += cpu_per_second[name] * seconds
         return run
     official_side, ours_side = side('official'), side('ours')
     monkeypatch.setattr(official.time, 'perf_counter', lambda: clock[0])
+    monkeypatch.setattr(official, 'user_cpu_seconds', lambda: cpu_clock[0])
     monkeypatch.setattr(official, 'peak_cpu_tensor_mib', lambda fn: 7.0 if fn is official_side else 5.0)
     row = official.time_side_by_side('it', official_side, ours_side, rounds=4, device='cpu')
     # one untimed call each, then rounds: official first, ours first, official first, ours first
@@ -66,7 +71,15 @@ def test_time_side_by_side_alternates_the_order_and_pairs_ratios_by_round(monkey
                      'ours', 'official']
     assert (row.official_s, row.ours_s) == (2.0, 1.0)  # medians of 2, 1, 4, 2 and of 1, .5, 1, 3
     assert row.ratio == 0.5  # median of the rounds' 1/2, .5/1, 1/4, 3/2
+    assert row.cpu_ratio == 0.25  # median of 1/4, .5/2, 1/8, 3/4
     assert (row.official_peak_mib, row.ours_peak_mib) == (7.0, 5.0)
+    assert '| it | 2.000 | 1.000 | 0.50 | 7 | 5 | 0.25 |' in _timing_report(row)
+
+
+def _timing_report(row):
+    report = Report()
+    report.timing('t', [row])
+    return report.markdown()
 
 
 def test_peak_cpu_tensor_memory_is_the_most_held_at_once():

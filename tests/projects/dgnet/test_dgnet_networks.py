@@ -252,11 +252,28 @@ def test_layer_norm_uses_the_official_unbiased_std_plus_eps():
     torch.manual_seed(0)
     norm = LayerNorm(4)
     assert ((norm.gamma >= 0) & (norm.gamma < 1)).all() and not norm.beta.any()
-    x = torch.randn(2, 4, 3, 5) * 3 + 1
+    norm = norm.double()
+    with torch.no_grad():
+        norm.beta.uniform_(-1, 1)
+    x = (torch.randn(2, 4, 3, 5, dtype=torch.float64) * 3 + 1).requires_grad_()
+    # the official steps: normalise by the unbiased std plus eps, then the channel affine
     flat = x.flatten(1)
-    expected = (x - flat.mean(1).view(2, 1, 1, 1)) / (flat.std(1).view(2, 1, 1, 1) + 1e-5)
-    expected = expected * norm.gamma.view(1, 4, 1, 1)
-    assert torch.allclose(norm(x), expected, atol=1e-6)
+    official = (x - flat.mean(1).view(2, 1, 1, 1)) / (flat.std(1).view(2, 1, 1, 1) + 1e-5)
+    official = official * norm.gamma.view(1, 4, 1, 1) + norm.beta.view(1, 4, 1, 1)
+    ours = norm(x)
+    assert torch.allclose(ours, official, atol=1e-12)
+    grad = torch.randn_like(ours)
+    inputs = (x, norm.gamma, norm.beta)
+    for g_ours, g_official in zip(torch.autograd.grad(ours, inputs, grad),
+                                  torch.autograd.grad(official, inputs, grad)):
+        assert torch.allclose(g_ours, g_official, atol=1e-12)
+
+
+def test_layer_norm_keeps_only_its_input_for_the_backward():
+    """The official steps keep ``x - mean`` and the normalised map besides the input."""
+    norm = LayerNorm(4)
+    x = torch.randn(2, 4, 6, 5, requires_grad=True)
+    assert _saved_activations(lambda x: norm(x * 1), x) == [x.numel()]
 
 
 def test_structure_encoder_reads_grey_has_the_official_aspp_and_rejects_small_images(generator):
