@@ -196,6 +196,16 @@ def test_generator_layers_keep_one_copy_of_each_activation_for_the_backward():
     assert _saved_activations(layers, x) == [2 * 4 * 6 * 5, 2 * 4 * 8 * 7]
 
 
+def _assert_same_function(ours, official, inputs):
+    """Equal float64 outputs, and equal gradients for every one of ``inputs`` under the same
+    random output gradient."""
+    assert torch.allclose(ours, official, atol=1e-12)
+    grad = torch.randn_like(official)
+    for g_ours, g_official in zip(torch.autograd.grad(ours, inputs, grad),
+                                  torch.autograd.grad(official, inputs, grad)):
+        assert torch.allclose(g_ours, g_official, atol=1e-12)
+
+
 def _official_upsampled_conv(conv, x):
     """The official layers: nn.Upsample(scale_factor=2), then Conv2dBlock's reflection padding
     and convolution."""
@@ -212,14 +222,9 @@ def test_upsampled_convolution_equals_the_official_upsample_pad_convolution(kern
     torch.manual_seed(0)
     conv = UpsampledConv2d(3, 2, kernel_size).double().to(device)
     x = torch.randn(2, 3, *size, dtype=torch.float64, device=device, requires_grad=True)
-    ours, official = conv(x), _official_upsampled_conv(conv, x)
+    ours = conv(x)
     assert ours.shape == (2, 2, 2 * size[0], 2 * size[1])
-    assert torch.allclose(ours, official, atol=1e-12)
-    grad = torch.randn_like(official)
-    inputs = (x, conv.weight, conv.bias)
-    for g_ours, g_official in zip(torch.autograd.grad(ours, inputs, grad),
-                                  torch.autograd.grad(official, inputs, grad)):
-        assert torch.allclose(g_ours, g_official, atol=1e-12)
+    _assert_same_function(ours, _official_upsampled_conv(conv, x), (x, conv.weight, conv.bias))
 
 
 def test_upsampled_convolution_by_hand_and_its_limits():
@@ -260,13 +265,7 @@ def test_layer_norm_uses_the_official_unbiased_std_plus_eps():
     flat = x.flatten(1)
     official = (x - flat.mean(1).view(2, 1, 1, 1)) / (flat.std(1).view(2, 1, 1, 1) + 1e-5)
     official = official * norm.gamma.view(1, 4, 1, 1) + norm.beta.view(1, 4, 1, 1)
-    ours = norm(x)
-    assert torch.allclose(ours, official, atol=1e-12)
-    grad = torch.randn_like(ours)
-    inputs = (x, norm.gamma, norm.beta)
-    for g_ours, g_official in zip(torch.autograd.grad(ours, inputs, grad),
-                                  torch.autograd.grad(official, inputs, grad)):
-        assert torch.allclose(g_ours, g_official, atol=1e-12)
+    _assert_same_function(norm(x), official, (x, norm.gamma, norm.beta))
 
 
 def test_layer_norm_keeps_only_its_input_for_the_backward():
