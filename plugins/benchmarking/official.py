@@ -53,9 +53,10 @@ class Report:
             lines += ['**{}**'.format(title), '', '| | official (s) | ours (s) | ours / official '
                       '| official peak (MiB) | ours peak (MiB) | ours / official, user CPU time |',
                       '|---|---:|---:|---:|---:|---:|---:|']
-            lines += ['| {} | {:.3f} | {:.3f} | {:.2f} | {:.0f} | {:.0f} | {} |'.format(
-                *row[:-1], '' if row.cpu_ratio is None else '{:.2f}'.format(row.cpu_ratio))
-                for row in rows]
+            formats = ('{}', '{:.3f}', '{:.3f}', '{:.2f}', '{:.0f}', '{:.0f}', '{:.2f}')
+            lines += ['| {} |'.format(' | '.join('' if value is None else fmt.format(value)
+                                                 for fmt, value in zip(formats, row)))
+                      for row in rows]
             lines.append('')
         return '\n'.join(lines + self.notes)
 
@@ -110,6 +111,10 @@ def time_side_by_side(what, official, ours, rounds, device):
              else {name: peak_cpu_tensor_mib(fn) for name, fn in sides})
 
     def ratio(of):
+        """Median of the rounds' ours / official; None when an official call took no measurable
+        time (user CPU time advances in clock ticks)."""
+        if min(of['official']) <= 0:
+            return None
         return float(np.median([o / t for o, t in zip(of['ours'], of['official'])]))
     return TimingRow(what, float(np.median(times['official'])), float(np.median(times['ours'])),
                      ratio(times), peaks['official'], peaks['ours'], None if cuda else ratio(cpu_times))

@@ -103,6 +103,12 @@ def _outer(size, p, device):
     return torch.cat([j, size - p + j])
 
 
+def _check_kernel_size(height, width):
+    if height != width or height % 2 == 0 or height < 3:
+        raise ValueError('an upsampled convolution needs a square kernel of odd size at least 3, '
+                         'got {}x{}'.format(height, width))
+
+
 def upsampled_conv2d(x, weight, bias):
     """``conv2d(reflect_pad(nearest_upsample_x2(x), k // 2), weight, bias)``: the official
     ``Upsample`` + ``Conv2dBlock`` (reflection padding, stride 1, odd ``k``) without building
@@ -120,7 +126,8 @@ def upsampled_conv2d(x, weight, bias):
     padding rows (columns), reach the outer ``p`` output rows (columns) through the
     kernel's outer taps; they are added there.
     """
-    out_channels, in_channels, k, _ = weight.shape
+    out_channels, in_channels, k, k_width = weight.shape
+    _check_kernel_size(k, k_width)
     p = k // 2
     height, width = x.shape[-2:]
     if p >= 2 * min(height, width):
@@ -152,9 +159,7 @@ class UpsampledConv2d(nn.Conv2d):
     parameters, computed by :func:`upsampled_conv2d`."""
 
     def __init__(self, in_channels, out_channels, kernel_size):
-        if kernel_size % 2 == 0 or kernel_size < 3:
-            raise ValueError('UpsampledConv2d needs an odd kernel size of at least 3, got {}'.format(
-                kernel_size))
+        _check_kernel_size(kernel_size, kernel_size)
         super().__init__(in_channels, out_channels, kernel_size)
 
     def forward(self, x):
@@ -436,6 +441,25 @@ class AdaINResidualBlock(nn.Module):
         return x + adaptive_instance_norm(self.conv2(h), w2, b2)
 
 
+# ``to_image`` indices of the layers with parameters when the upsampling, padding and
+# convolution were separate modules (checkpoints written before :class:`UpsampledConv2d`)
+SEPARATE_UPSAMPLING_INDICES = {2: 0, 3: 1, 7: 3, 8: 4, 11: 7, 14: 10, 16: 12}
+
+
+def _rename_separate_upsampling(module, state_dict, prefix, *args):
+    """Load-state-dict pre-hook of :class:`Decoder`: a checkpoint with the earlier layer
+    indices (``to_image.16`` exists only there) gets the current ones; same parameters, same
+    order, so optimiser states still match."""
+    head = prefix + 'to_image.'
+    if head + '16.weight' not in state_dict:
+        return
+    old = [key for key in state_dict if key.startswith(head)]
+    tensors = {key: state_dict.pop(key) for key in old}
+    for key, tensor in tensors.items():
+        index, rest = key[len(head):].split('.', 1)
+        state_dict['{}{}.{}'.format(head, SEPARATE_UPSAMPLING_INDICES[int(index)], rest)] = tensor
+
+
 class Decoder(nn.Module):
     """G: the official ``Decoder`` (``n_res 4``, ``n_upsample 2``, ``dec basic``, no tanh,
     ``dropout 0``: the official zero-rate dropout layer is left out).
@@ -460,6 +484,7 @@ class Decoder(nn.Module):
             *conv_layers(quarter, quarter, 3),
             *conv_layers(quarter, 3, 1, activation=False))
         _kaiming_init(self)
+        self.register_load_state_dict_pre_hook(_rename_separate_upsampling)
 
     def forward(self, structure, adain_weight, adain_bias):
         for params in (adain_weight, adain_bias):

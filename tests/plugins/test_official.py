@@ -76,6 +76,14 @@ def test_time_side_by_side_alternates_the_order_and_pairs_ratios_by_round(monkey
     assert '| it | 2.000 | 1.000 | 0.50 | 7 | 5 | 0.25 |' in _timing_report(row)
 
 
+def test_a_call_too_short_for_the_cpu_clock_has_no_cpu_time_ratio(monkeypatch):
+    monkeypatch.setattr(official, 'user_cpu_seconds', lambda: 5.0)  # the clock never advances
+    monkeypatch.setattr(official, 'peak_cpu_tensor_mib', lambda fn: 1.0)
+    row = official.time_side_by_side('it', lambda: None, lambda: None, rounds=2, device='cpu')
+    assert row.cpu_ratio is None and row.ratio > 0
+    assert _timing_report(row).splitlines()[-1].endswith('| 1 | 1 |  |')
+
+
 def _timing_report(row):
     report = Report()
     report.timing('t', [row])

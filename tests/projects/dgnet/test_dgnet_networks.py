@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from projects.dgnet.networks import (AdaINParameterMLPs, AdaINResidualBlock, AppearanceEncoder,
                                      Decoder, Generator, LayerNorm, MultiScaleDiscriminator,
                                      UpsampledConv2d, adaptive_instance_norm, conv_layers,
-                                     discriminator_loss, generator_adversarial_loss, r1_penalty)
+                                     discriminator_loss, generator_adversarial_loss, r1_penalty,
+                                     upsampled_conv2d)
 from tests.helpers import CUDA
 
 # Smallest convenient 2:1 size: the dilation-9 ASPP branch needs a structure code of at least 10x10.
@@ -199,11 +200,12 @@ def test_generator_layers_keep_one_copy_of_each_activation_for_the_backward():
 def _assert_same_function(ours, official, inputs):
     """Equal float64 outputs, and equal gradients for every one of ``inputs`` under the same
     random output gradient."""
-    assert torch.allclose(ours, official, atol=1e-12)
+    assert ours.dtype == official.dtype == torch.float64
+    assert torch.allclose(ours, official, rtol=0, atol=1e-12)
     grad = torch.randn_like(official)
     for g_ours, g_official in zip(torch.autograd.grad(ours, inputs, grad),
                                   torch.autograd.grad(official, inputs, grad)):
-        assert torch.allclose(g_ours, g_official, atol=1e-12)
+        assert torch.allclose(g_ours, g_official, rtol=0, atol=1e-12)
 
 
 def _official_upsampled_conv(conv, x):
@@ -236,8 +238,12 @@ def test_upsampled_convolution_by_hand_and_its_limits():
     # upsampled rows/columns 0..3 hold x's 0, 0, 1, 1; reflected by 1: 0, 0, 0, 1
     expected = torch.tensor([[1., 1., 1., 2.], [1., 1., 1., 2.], [1., 1., 1., 2.], [3., 3., 3., 4.]])
     assert torch.equal(conv(x)[0, 0], expected)
-    with pytest.raises(ValueError, match='odd kernel size of at least 3, got 4'):
+    with pytest.raises(ValueError, match='square kernel of odd size at least 3, got 4x4'):
         UpsampledConv2d(1, 1, 4)
+    with pytest.raises(ValueError, match='got 1x1'):
+        upsampled_conv2d(x, torch.ones(1, 1, 1, 1), None)
+    with pytest.raises(ValueError, match='got 3x5'):
+        upsampled_conv2d(x, torch.ones(1, 1, 3, 5), None)
     with pytest.raises(ValueError, match='reflects 3 rows and columns .* got a 1x4 input'):
         UpsampledConv2d(1, 1, 7)(torch.randn(1, 1, 1, 4))
 
@@ -251,6 +257,27 @@ def test_upsampled_convolution_keeps_its_input_not_the_upsampled_map():
     assert _saved_activations(lambda x: conv(x * 1), x) == [2 * 4 * 12 * 10]
     assert _saved_activations(lambda x: _official_upsampled_conv(conv, x * 1), x) == [
         2 * 4 * 24 * 20, 2 * 4 * 28 * 24]
+
+
+def test_a_decoder_checkpoint_with_separate_upsampling_layers_still_loads():
+    """Before the upsampling and its convolution were one layer, ``to_image`` held Upsample,
+    ReflectionPad2d, Conv2d, LayerNorm, LeakyReLU, Upsample, ReflectionPad2d, Conv2d, LayerNorm,
+    LeakyReLU, then the 3x3 and 1x1 blocks: the parameters sat at indices 2, 3, 7, 8, 11, 14, 16."""
+    torch.manual_seed(0)
+    saved = Generator()
+    earlier_index = {0: 2, 1: 3, 3: 7, 4: 8, 7: 11, 10: 14, 12: 16}
+    earlier = {}
+    for key, tensor in saved.state_dict().items():
+        if key.startswith('decoder.to_image.'):
+            index, rest = key[len('decoder.to_image.'):].split('.', 1)
+            key = 'decoder.to_image.{}.{}'.format(earlier_index[int(index)], rest)
+        earlier[key] = tensor
+    assert 'decoder.to_image.16.weight' in earlier and 'decoder.to_image.0.weight' not in earlier
+    loaded = Generator()
+    loaded.load_state_dict(earlier)  # strict
+    for (name, ours), theirs in zip(loaded.state_dict().items(), saved.state_dict().values()):
+        assert torch.equal(ours, theirs), name
+    assert [name for name, _ in loaded.named_parameters()] == [name for name, _ in saved.named_parameters()]
 
 
 def test_layer_norm_uses_the_official_unbiased_std_plus_eps():
