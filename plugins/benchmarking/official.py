@@ -105,9 +105,10 @@ def time_side_by_side(what, official, ours, rounds, device):
     for r in range(rounds):
         for name, fn in sides if r % 2 == 0 else sides[::-1]:
             results[name].append(measured(fn))
-    times, cpu_times = ({name: [m[k] for m in values] for name, values in results.items()}
-                        for k in (0, 1))
-    peaks = ({name: max(m[2] for m in values) for name, values in results.items()} if cuda
+    def column(k):  # measured() returns (seconds, user CPU seconds, peak)
+        return {name: [m[k] for m in values] for name, values in results.items()}
+    times, cpu_times = column(0), column(1)
+    peaks = ({name: max(values) for name, values in column(2).items()} if cuda
              else {name: peak_cpu_tensor_mib(fn) for name, fn in sides})
 
     def ratio(of):

@@ -104,6 +104,7 @@ def _outer(size, p, device):
 
 
 def _check_kernel_size(height, width):
+    """The kernels :func:`upsampled_conv2d` computes: square, odd (a centred reflection), >= 3."""
     if height != width or height % 2 == 0 or height < 3:
         raise ValueError('an upsampled convolution needs a square kernel of odd size at least 3, '
                          'got {}x{}'.format(height, width))
