@@ -9,6 +9,10 @@
 #
 #   pip wheel --no-deps torchreid==0.2.5 yacs gdown beautifulsoup4 soupsieve -w .whl
 #
+# Where a clone of the official DG-Net code lies in .official/DG-Net (git-ignored; its Python
+# files are enough), the DG-Net iteration is also timed beside the official one on the GPU
+# (tools/check_official.py --time, batch 8 + 8 at 256x128, about a minute).
+#
 # Exit status: the tests'.
 set -uo pipefail
 out="${1:-${OUT:-gpu_check}}"
@@ -25,10 +29,14 @@ wheels=()
 export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 "$python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' | tee -a "$out/gpu.txt"
-GPU_CHECK_OUT="$out" timeout 300 "$python" -m pytest -m cuda tests -q -rs --durations=10 -p no:cacheprovider 2>&1 \
+GPU_CHECK_OUT="$out" timeout 280 "$python" -m pytest -m cuda tests -q -rs --durations=10 -p no:cacheprovider 2>&1 \
     | tee "$out/cuda_tests.log"
 status=${PIPESTATUS[0]}
-timeout 200 "$python" tools/benchmark.py --sections dgnet engine rga apinet scal models --quick \
+if [ -d .official/DG-Net ]; then
+    timeout 100 "$python" tools/check_official.py --method dgnet --official-dir .official/DG-Net \
+        --time --batch 8 --rounds 3 --out "$out/dgnet_official.md" 2>&1 | tee "$out/dgnet_official.log"
+fi
+timeout 170 "$python" tools/benchmark.py --sections dgnet engine rga apinet scal models --quick \
     --epochs 1 --configs configs/baselines/resnet50_synthreid.yaml \
     --out-dir "$out/bench" 2>&1 | tee "$out/benchmark.log"
 exit "$status"

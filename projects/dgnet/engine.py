@@ -224,6 +224,14 @@ class DGNetEngine(PluginEngine):
         on a CPU in groups of at most :data:`CPU_GROUP` images."""
         return per_group(fn, inputs, min(self._group, CPU_GROUP) if self.device.type == 'cpu' else None)
 
+    def discriminate(self, discriminator, images):
+        """D's patch scores of ``images`` through :meth:`per_image`; on a CPU in channels-last
+        memory, oneDNN's native layout, in which D's step runs 10-17% faster (the whole
+        iteration 3%; G and E_s gain nothing, E_s loses)."""
+        if self.device.type == 'cpu':
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.per_image(discriminator, images)
+
     @property
     def iteration(self):
         """Global 0-based iteration of the current step (the official counter)."""
@@ -339,8 +347,8 @@ def discriminator_step_loss(discriminator, engine, batch, outputs):
     precision = engine.precision
     with precision.full_precision() if precision.mode == 'fp16' else contextlib.nullcontext():
         reals = outputs.reals.detach().float().requires_grad_()
-        fake_scores = engine.per_image(discriminator, outputs.fakes.detach().float())
-        real_scores = engine.per_image(discriminator, reals)
+        fake_scores = engine.discriminate(discriminator, outputs.fakes.detach().float())
+        real_scores = engine.discriminate(discriminator, reals)
         dgnet = engine.dgnet
         return HALVES * dgnet.gan_w * (discriminator_loss(fake_scores, real_scores)
                                        + dgnet.r1_w * r1_penalty(real_scores, reals))
@@ -348,7 +356,7 @@ def discriminator_step_loss(discriminator, engine, batch, outputs):
 
 def generator_step_loss(discriminator, engine, batch, outputs):
     """The generator's LSGAN term for x_ba and x_ab (official ``calc_gen_loss``)."""
-    return HALVES * generator_adversarial_loss(engine.per_image(discriminator, outputs.fakes))
+    return HALVES * generator_adversarial_loss(engine.discriminate(discriminator, outputs.fakes))
 
 
 def real_accuracy(engine, batch, outputs):

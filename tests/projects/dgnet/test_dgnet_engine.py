@@ -342,27 +342,40 @@ def test_e_a_sees_the_erased_reals_before_the_fakes(tmp_path, teacher_weights):
     assert trunk_passes(engine) == [(False, True)] * 8 + [(True, True)] * 2
 
 
-def test_on_a_cpu_g_and_d_see_groups_of_n_images_and_grouping_changes_nothing(tmp_path, teacher_weights):
+def test_on_a_cpu_g_and_d_see_groups_of_n_images_d_in_channels_last_and_neither_changes_anything(
+        tmp_path, teacher_weights):
     """G and D normalise each image alone: on a CPU they run on the official n images at a time
-    (larger activations are mapped and page-faulted afresh by glibc), with the same results."""
+    (larger activations are mapped and page-faulted afresh by glibc), D in channels-last
+    memory (oneDNN's layout), with the same results as whole NCHW batches elsewhere."""
     from projects.dgnet.engine import discriminator_step_loss, generator_step_loss
     engine = dgnet_run(tmp_path, teacher_weights, *ALL_TERMS_ON)
     engine.batch_idx = 2
     engine.set_model_mode('train')
     discriminator = hook(engine, AdversarialStepHook).discriminator
-    sizes = []
-    handles = [m.register_forward_hook(lambda m, args, out: sizes.append(len(args[0])))
-               for m in (discriminator, engine.generator.decoder)]
     batch = engine.parse_batch(first_batch(engine))
-    outputs = engine.model_outputs(batch)
-    grouped = [fn(discriminator, engine, batch, outputs)
-               for fn in (discriminator_step_loss, generator_step_loss)]
-    for h in handles:
-        h.remove()
-    assert engine._group == 2 and sizes and set(sizes) == {2}
-    engine.device = torch.device('meta')  # not a CPU: whole batches
-    whole = [fn(discriminator, engine, batch, outputs)
-             for fn in (discriminator_step_loss, generator_step_loss)]
+
+    def seen_by(module, fn):
+        """fn(), and the (size, channels-last) of every input ``module`` saw."""
+        seen = []
+        handle = module.register_forward_hook(lambda m, args, out: seen.append(
+            (len(args[0]), args[0].is_contiguous(memory_format=torch.channels_last))))
+        try:
+            return fn(), seen
+        finally:
+            handle.remove()
+
+    outputs, seen = seen_by(engine.generator.decoder, lambda: engine.model_outputs(batch))
+    assert engine._group == 2 and seen and set(seen) == {(2, False)}
+
+    def d_losses():
+        return seen_by(discriminator, lambda: [fn(discriminator, engine, batch, outputs)
+                                               for fn in (discriminator_step_loss, generator_step_loss)])
+
+    grouped, seen = d_losses()
+    assert seen and set(seen) == {(2, True)}
+    engine.device = torch.device('meta')  # not a CPU: whole batches, NCHW
+    whole, seen = d_losses()
+    assert set(seen) == {(len(outputs.fakes), False)}
     for a, b in zip(grouped, whole):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
 
