@@ -10,8 +10,8 @@
 #   pip wheel --no-deps torchreid==0.2.5 yacs gdown beautifulsoup4 soupsieve -w .whl
 #
 # Where a clone of the official DG-Net code lies in .official/DG-Net (git-ignored; its Python
-# files are enough), the DG-Net iteration is also timed beside the official one on the GPU
-# (tools/check_official.py --time, batch 8 + 8 at 256x128, about a minute).
+# files and configs/ are enough), the DG-Net iteration is also timed beside the official one
+# on the GPU (tools/check_official.py --time, batch 8 + 8 at 256x128, about a minute).
 #
 # Exit status: the tests'.
 set -uo pipefail
